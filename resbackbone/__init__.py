@@ -1,0 +1,29 @@
+"""ResNet-family backbones as a plug-in for detection and segmentation.
+
+Every backbone returns the C2–C5 feature pyramid with its channels and strides
+declared in ``feature_info``, and loads torchvision, timm, local or URL checkpoints.
+"""
+
+from .backbone import Backbone, create_backbone
+from .registry import get_spec, list_backbones, register_backbone, unregister_backbone
+from .specs import LEVELS, FeatureInfo, LevelInfo, StageSpec, WeightSpec
+from .weights import LoadReport, load_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LEVELS",
+    "Backbone",
+    "FeatureInfo",
+    "LevelInfo",
+    "LoadReport",
+    "StageSpec",
+    "WeightSpec",
+    "__version__",
+    "create_backbone",
+    "get_spec",
+    "list_backbones",
+    "load_weights",
+    "register_backbone",
+    "unregister_backbone",
+]

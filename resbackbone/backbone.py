@@ -1,0 +1,437 @@
+"""The :class:`Backbone` module: a ResNet-family trunk that returns the C2–C5 pyramid.
+
+Output contract::
+
+    backbone = create_backbone("resnet50", out_levels=("C3", "C4", "C5"))
+    features = backbone(torch.randn(2, 3, 224, 224))
+    # OrderedDict(C3: (2, 512, 28, 28), C4: (2, 1024, 14, 14), C5: (2, 2048, 7, 7))
+    backbone.feature_info["C4"]   # LevelInfo(name='C4', channels=1024, stride=16, module='layer3')
+
+With ``output_stride=16`` the last stage is dilated instead of strided
+(C5: ``(2, 2048, 14, 14)``, stride 16); with 8, the last two.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
+
+from .registry import get_spec
+from .specs import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LEVELS,
+    NORMS,
+    OUTPUT_STRIDES,
+    RESNET_STAGES,
+    RESNETV2_STAGES,
+    BackboneSpec,
+    FeatureInfo,
+    LevelInfo,
+    StageSpec,
+)
+
+__all__ = ["Backbone", "create_backbone"]
+
+
+def _infer_stages(trunk: nn.Module, name: str) -> tuple[StageSpec, ...]:
+    from timm.models.resnet import ResNet
+    from timm.models.resnetv2 import ResNetV2
+
+    if isinstance(trunk, ResNet):
+        return RESNET_STAGES
+    if isinstance(trunk, ResNetV2):
+        return RESNETV2_STAGES
+    raise TypeError(
+        f"Backbone {name!r}: its builder returned a {type(trunk).__name__}, whose stages cannot be inferred. "
+        "Return a timm ResNet/ResNetV2, or pass stages=(StageSpec(...), ...) to register_backbone()."
+    )
+
+
+def adapt_stats(values: Sequence[float], in_chans: int) -> tuple[float, ...]:
+    """Adapt a per-channel mean or std to ``in_chans`` inputs, as the first conv is adapted.
+
+    One channel takes the average (the conv sums its RGB filters); other counts
+    repeat the values cyclically (the conv tiles its filters).
+    """
+    values = tuple(float(v) for v in values)
+    if len(values) == in_chans:
+        return values
+    if in_chans == 1:
+        return (sum(values) / len(values),)
+    return tuple(values[i % len(values)] for i in range(in_chans))
+
+
+class Backbone(nn.Module):
+    """A ResNet-family trunk returning an ``OrderedDict`` of pyramid levels.
+
+    Build one with :func:`create_backbone`. Module names follow the trunk
+    (``conv1``, ``bn1``, ``layer1`` … ``layer4`` for ResNet-v1, torchvision's
+    names), so checkpoints and code that name them keep working. Stages past the
+    deepest requested level are removed: nothing is computed past it.
+
+    Attributes:
+        name: Registry name.
+        feature_info: Levels returned, with channels and strides.
+        out_channels: ``{level: channels}`` for the returned levels.
+        output_stride: 8, 16 or 32.
+        in_chans: Number of input channels.
+        mean: Per-channel input mean (0–1 scale) the weights expect.
+        std: Per-channel input std the weights expect.
+        weights: The weight string loaded, or ``None`` for random init.
+        load_report: The :class:`~resbackbone.weights.LoadReport` of the last load.
+    """
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        *,
+        spec: BackboneSpec,
+        out_levels: Sequence[str],
+        output_stride: int,
+        in_chans: int,
+    ) -> None:
+        super().__init__()
+        self.name = spec.name
+        self.spec = spec
+        self.in_chans = in_chans
+        self.output_stride = output_stride
+        self.grad_checkpointing = False
+        self.trainable_stages: int | None = None
+        self.weights: str | None = None
+        self.load_report: Any = None
+        imagenet = spec.imagenet
+        self.mean = adapt_stats(imagenet.mean if imagenet else IMAGENET_MEAN, in_chans)
+        self.std = adapt_stats(imagenet.std if imagenet else IMAGENET_STD, in_chans)
+
+        stages = spec.stages or _infer_stages(trunk, spec.name)
+        out_levels = tuple(out_levels)
+        deepest = max(i for i, stage in enumerate(stages) if stage.level in out_levels)
+        self._stages = stages
+        self._run = stages[: deepest + 1]
+        self._out_levels = out_levels
+
+        # Every key a full checkpoint of this architecture has, before pruning: lets
+        # the loader tell "belongs to a removed stage" from "another architecture".
+        self._reference_keys = frozenset(trunk.state_dict())
+
+        keep = {path.split(".")[0] for stage in self._run for path in stage.modules}
+        for child_name, child in trunk.named_children():
+            if child_name in keep:
+                self.add_module(child_name, child)
+        for stage in stages[deepest + 1 :]:
+            for path in stage.modules:
+                parent, _, leaf = path.rpartition(".")
+                owner = self.get_submodule(parent) if parent else self
+                if hasattr(owner, leaf):
+                    delattr(owner, leaf)
+
+        self.first_conv = spec.first_conv or self._find_first_conv()
+        self.feature_info = self._feature_info(trunk)
+        self.out_channels = {level.name: level.channels for level in self.feature_info}
+
+    # ---------------------------------------------------------------- construction
+
+    def _find_first_conv(self) -> str:
+        for path in self._run[0].modules:
+            module = self.get_submodule(path)
+            for sub_name, sub in [("", module), *module.named_modules()]:
+                if isinstance(sub, nn.Conv2d):
+                    return f"{path}.{sub_name}" if sub_name else path
+        raise TypeError(f"Backbone {self.name!r}: no Conv2d in its stem; pass first_conv= to register_backbone().")
+
+    def _feature_info(self, trunk: nn.Module) -> FeatureInfo:
+        declared = {d["module"]: d for d in getattr(trunk, "feature_info", []) if isinstance(d, Mapping)}
+        levels = [stage for stage in self._run if stage.level in self._out_levels]
+        if all(stage.modules[-1] in declared for stage in levels):
+            return FeatureInfo(
+                [
+                    LevelInfo(s.level, int(declared[s.modules[-1]]["num_chs"]), int(declared[s.modules[-1]]["reduction"]),
+                              s.modules[-1])
+                    for s in levels
+                ]
+            )
+        # A trunk that declares nothing: measure once on a small input.
+        size = 64
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            features = self._forward(torch.zeros(1, self.in_chans, size, size))
+        self.train(was_training)
+        return FeatureInfo(
+            [LevelInfo(s.level, features[s.level].shape[1], size // features[s.level].shape[-1], s.modules[-1])
+             for s in levels]
+        )
+
+    # ---------------------------------------------------------------- fine-tuning controls
+
+    def set_trainable_stages(self, trainable_stages: int | None) -> None:
+        """Freeze all but the last ``trainable_stages`` stages, counted from C5 down to the stem.
+
+        ``None`` or the number of stages (5) trains everything; 0 freezes everything.
+        Frozen parameters get ``requires_grad=False``, and the batch norms of frozen
+        stages stay in eval mode across ``.train()``.
+
+        Raises:
+            ValueError: ``trainable_stages`` is outside 0 … number of stages.
+        """
+        n = len(self._stages)
+        if trainable_stages is not None and (
+            isinstance(trainable_stages, bool)
+            or not isinstance(trainable_stages, numbers.Integral)
+            or not 0 <= trainable_stages <= n
+        ):
+            raise ValueError(
+                f"trainable_stages={trainable_stages!r} is not valid: expected None or an int from 0 (all frozen) "
+                f"to {n} (all trainable), counting stages from C5 down to the stem."
+            )
+        self.trainable_stages = None if trainable_stages is None else int(trainable_stages)
+        n_trainable = n if trainable_stages is None else trainable_stages
+        for index, stage in enumerate(self._stages):
+            trainable = index >= n - n_trainable
+            for module in self._stage_modules(stage):
+                for param in module.parameters():
+                    param.requires_grad_(trainable)
+        self.train(self.training)
+
+    @property
+    def frozen_stages(self) -> tuple[str, ...]:
+        """Names of the stages whose parameters are frozen."""
+        n = len(self._stages)
+        n_trainable = n if self.trainable_stages is None else self.trainable_stages
+        return tuple(stage.name for stage in self._stages[: n - n_trainable])
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of storing them."""
+        self.grad_checkpointing = bool(enable)
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        if mode:
+            frozen = set(self.frozen_stages)
+            for stage in self._stages:
+                if stage.name in frozen:
+                    for module in self._stage_modules(stage):
+                        for sub in module.modules():
+                            if isinstance(sub, _BatchNorm):
+                                sub.eval()
+        return self
+
+    def _stage_modules(self, stage: StageSpec) -> list[nn.Module]:
+        modules = []
+        for path in stage.modules:
+            try:
+                modules.append(self.get_submodule(path))
+            except AttributeError:  # pruned
+                pass
+        return modules
+
+    # ---------------------------------------------------------------- forward
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        """Run the trunk up to the deepest requested level.
+
+        Args:
+            x: Images, ``(N, in_chans, H, W)``, normalised with ``mean``/``std``.
+
+        Returns:
+            ``OrderedDict`` level → ``(N, feature_info[level].channels, ⌈H/stride⌉, ⌈W/stride⌉)``.
+
+        Raises:
+            ValueError: ``x`` is not 4-D or has the wrong number of channels.
+        """
+        if not isinstance(x, Tensor):
+            raise TypeError(f"Backbone {self.name!r} takes a Tensor, got {type(x).__name__}.")
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"Backbone {self.name!r} expects input of shape (N, {self.in_chans}, H, W), got {tuple(x.shape)}. "
+                + (
+                    "Add a batch dimension with x.unsqueeze(0)."
+                    if x.ndim == 3
+                    else f"Build it with in_chans={x.shape[1]} to take {x.shape[1]}-channel images."
+                    if x.ndim == 4
+                    else ""
+                )
+            )
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        out: OrderedDict[str, Tensor] = OrderedDict()
+        use_checkpoint = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for stage in self._run:
+            for path in stage.modules:
+                module = self.get_submodule(path)
+                if use_checkpoint and stage.level is not None:
+                    x = _checkpoint(module, x)
+                else:
+                    x = module(x)
+            if stage.level in self._out_levels:
+                out[stage.level] = x
+        return out
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, levels={self.feature_info.names}, output_stride={self.output_stride}"
+
+
+def _checkpoint(module: nn.Module, x: Tensor) -> Tensor:
+    if isinstance(module, nn.Sequential):
+        from timm.models import checkpoint_seq
+
+        return checkpoint_seq(module, x, use_reentrant=False)
+    return checkpoint(module, x, use_reentrant=False)
+
+
+# ------------------------------------------------------------------ norm policy
+
+
+def _group_norm_like(bn: nn.Module) -> nn.Module:
+    from timm.layers import BatchNormAct2d, GroupNormAct
+
+    channels = bn.num_features
+    groups = math.gcd(32, channels)
+    if isinstance(bn, BatchNormAct2d):
+        gn: nn.Module = GroupNormAct(channels, num_groups=groups, eps=bn.eps, affine=bn.affine)
+        gn.act, gn.drop = bn.act, bn.drop
+    else:
+        gn = nn.GroupNorm(groups, channels, eps=bn.eps, affine=bn.affine)
+    if bn.affine:
+        with torch.no_grad():
+            gn.weight.copy_(bn.weight)
+            gn.bias.copy_(bn.bias)
+    return gn
+
+
+def _convert_to_group_norm(module: nn.Module) -> nn.Module:
+    if isinstance(module, _BatchNorm):
+        return _group_norm_like(module)
+    for child_name, child in module.named_children():
+        new = _convert_to_group_norm(child)
+        if new is not child:
+            setattr(module, child_name, new)
+    return module
+
+
+def _apply_norm(backbone: Backbone, norm: str) -> None:
+    from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
+
+    convert = {
+        "bn": None,
+        "frozen_bn": freeze_batch_norm_2d,
+        "gn": _convert_to_group_norm,
+        "sync_bn": convert_sync_batchnorm,
+    }[norm]
+    if convert is None:
+        return
+    for child_name, child in list(backbone.named_children()):
+        new = convert(child)
+        if new is not child:
+            setattr(backbone, child_name, new)
+
+
+# ------------------------------------------------------------------ factory
+
+
+def _check_int(name: str, value: Any, allowed: Sequence[int] | None = None, *, minimum: int | None = None) -> int:
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    ok = ok and (allowed is None or value in allowed) and (minimum is None or value >= minimum)
+    if not ok:
+        expected = f"one of {tuple(allowed)}" if allowed is not None else f"an int ≥ {minimum}"
+        raise ValueError(f"{name}={value!r} is not valid: expected {expected}.")
+    return int(value)
+
+
+def _check_levels(out_levels: Any) -> tuple[str, ...]:
+    if isinstance(out_levels, str):
+        out_levels = (out_levels,)
+    try:
+        levels = tuple(out_levels)
+    except TypeError:
+        raise TypeError(f"out_levels must be a sequence of level names such as ('C3', 'C4', 'C5'), got {out_levels!r}.")
+    bad = [lv for lv in levels if lv not in LEVELS]
+    if not levels or bad:
+        raise ValueError(
+            f"out_levels={out_levels!r} is not valid: expected a non-empty subset of {LEVELS}"
+            + (f"; {bad[0]!r} is not a level." if bad else ".")
+        )
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"out_levels={out_levels!r} names a level twice; list each of {LEVELS} at most once.")
+    return tuple(lv for lv in LEVELS if lv in levels)
+
+
+def create_backbone(
+    name: str,
+    *,
+    weights: str | os.PathLike[str] | Mapping[str, Tensor] | None = None,
+    out_levels: Sequence[str] = LEVELS,
+    output_stride: int = 32,
+    in_chans: int = 3,
+    norm: str = "bn",
+    trainable_stages: int | None = None,
+    drop_path_rate: float = 0.0,
+    grad_checkpointing: bool = False,
+) -> Backbone:
+    """Build a registered backbone that returns the C2–C5 pyramid.
+
+    Args:
+        name: Registry name, see :func:`~resbackbone.list_backbones`.
+        weights: ``None`` (random init), ``"imagenet"`` (the recommended checkpoint),
+            ``"torchvision:IMAGENET1K_V2"``, ``"timm:a1_in1k"``, a local
+            ``.pth``/``.pt``/``.bin``/``.safetensors`` file, an
+            ``https://…#sha256=<hex>`` URL, or a state dict.
+        out_levels: Levels to return, a subset of ``("C2", "C3", "C4", "C5")``,
+            returned in pyramid order.
+        output_stride: 32, or 16/8 to dilate the last one/two stages.
+        in_chans: Input channels; pretrained RGB filters are adapted.
+        norm: ``"bn"``, ``"frozen_bn"`` (statistics and affine frozen),
+            ``"gn"`` (GroupNorm, 32 groups) or ``"sync_bn"``.
+        trainable_stages: 0–5 stages trainable counted from C5 down (as
+            torchvision's ``trainable_layers``); ``None`` trains all.
+        drop_path_rate: Stochastic depth rate over the blocks, in [0, 1).
+        grad_checkpointing: Recompute block activations in backward.
+
+    Returns:
+        The :class:`Backbone`.
+
+    Raises:
+        ValueError: An unknown name or option value, or weights that do not fit.
+        TypeError: An option of the wrong type.
+
+    Example:
+        >>> backbone = create_backbone("resnet18", out_levels=("C3", "C4", "C5"), output_stride=16)
+        >>> {k: tuple(v.shape) for k, v in backbone(torch.randn(1, 3, 64, 64)).items()}
+        {'C3': (1, 128, 8, 8), 'C4': (1, 256, 4, 4), 'C5': (1, 512, 4, 4)}
+    """
+    spec = get_spec(name)
+    levels = _check_levels(out_levels)
+    output_stride = _check_int("output_stride", output_stride, OUTPUT_STRIDES)
+    in_chans = _check_int("in_chans", in_chans, minimum=1)
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r} is not valid: expected one of {NORMS}.")
+    if not isinstance(drop_path_rate, numbers.Real) or not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate={drop_path_rate!r} is not valid: expected a float in [0, 1).")
+    if norm == "frozen_bn" and weights is None:
+        raise ValueError(
+            "norm='frozen_bn' with weights=None would freeze randomly initialised statistics (mean 0, var 1) "
+            "and affine parameters for good. Pass pretrained weights (e.g. weights='imagenet'), or use norm='bn' "
+            "or norm='gn' to train from scratch."
+        )
+
+    trunk = spec.builder(in_chans=in_chans, output_stride=output_stride, drop_path_rate=float(drop_path_rate))
+    backbone = Backbone(trunk, spec=spec, out_levels=levels, output_stride=output_stride, in_chans=in_chans)
+    _apply_norm(backbone, norm)
+    if weights is not None:
+        from .weights import load_weights
+
+        load_weights(backbone, weights)
+    backbone.set_trainable_stages(trainable_stages)
+    backbone.set_grad_checkpointing(grad_checkpointing)
+    return backbone
