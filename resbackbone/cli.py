@@ -1,0 +1,115 @@
+"""Command line: ``resbackbone list``, ``resbackbone info``.
+
+Run ``resbackbone --help`` or ``resbackbone COMMAND --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def count_macs(name: str, *, size: int = 224, output_stride: int = 32) -> float:
+    """Multiply–accumulates of the C2–C5 forward of one ``size``×``size`` image, counted on the meta device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .backbone import create_backbone
+
+    with torch.device("meta"):
+        backbone = create_backbone(name, output_stride=output_stride).eval()
+        x = torch.empty(1, backbone.in_chans, size, size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        backbone(x)
+    return counter.get_total_flops() / 2
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .registry import get_spec, list_backbones
+
+    names = list_backbones(args.pattern, include_hidden=args.all)
+    if not names:
+        print(f"No backbone matches {args.pattern!r}. Run `resbackbone list` to see them all.", file=sys.stderr)
+        return 1
+    width = max(map(len, names))
+    for name in names:
+        spec = get_spec(name)
+        imagenet = spec.imagenet.string if spec.imagenet else "-"
+        print(f"{name:<{width}}  {spec.description:<48}  imagenet={imagenet}")
+    return 0
+
+
+def _available_weights(name: str) -> list[str]:
+    import timm
+    import torchvision
+
+    from .registry import get_spec
+
+    spec = get_spec(name)
+    found = []
+    if spec.torchvision_name:
+        enum = torchvision.models.get_model_weights(spec.torchvision_name)
+        found += [f"torchvision:{m}" for m in enum.__members__ if m != "DEFAULT"]
+    if spec.timm_name:
+        found += [f"timm:{n.split('.', 1)[1]}" for n in timm.list_pretrained(f"{spec.timm_name}.*")]
+    return found
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from .backbone import create_backbone
+    from .registry import get_spec
+
+    spec = get_spec(args.name)
+    print(f"{spec.name}: {spec.description}")
+    strides = {}
+    for output_stride in (32, 16, 8):
+        with torch.device("meta"):  # shapes only: nothing is allocated or initialised for real
+            backbone = create_backbone(spec.name, output_stride=output_stride)
+        strides[output_stride] = backbone.feature_info.strides
+    info = backbone.feature_info
+    params = sum(p.numel() for p in backbone.parameters())
+    print(f"  parameters: {params / 1e6:.2f} M (C2–C5 trunk, no classifier)")
+    print(f"  GMACs at 224×224: {count_macs(spec.name) / 1e9:.2f}")
+    print(f"  {'level':<6}{'channels':>9}{'stride@32':>11}{'stride@16':>11}{'stride@8':>10}")
+    for i, level in enumerate(info):
+        print(f"  {level.name:<6}{level.channels:>9}{strides[32][i]:>11}{strides[16][i]:>11}{strides[8][i]:>10}")
+    if spec.imagenet:
+        w = spec.imagenet
+        print(f"  imagenet = {w.string} ({w.licence}; mean {w.mean}, std {w.std})")
+    weights = _available_weights(spec.name)
+    print("  weights: " + (", ".join(["imagenet", *weights]) if weights else "(none registered)"))
+    print("           or a local .pth/.safetensors file, or an https://…#sha256=<hex> URL")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="resbackbone", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"resbackbone {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list registered backbones")
+    p.add_argument("pattern", nargs="?", help="fnmatch pattern, e.g. 'resnext*'")
+    p.add_argument("--all", action="store_true", help="include the tiny test architectures")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("info", help="levels, channels, strides, parameters, GMACs and weights of a backbone")
+    p.add_argument("name")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``resbackbone`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"resbackbone {args.command}: error: {exc}", file=sys.stderr)
+        return 2
