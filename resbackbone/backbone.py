@@ -13,6 +13,7 @@ With ``output_stride=16`` the last stage is dilated instead of strided
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -155,8 +156,12 @@ class Backbone(nn.Module):
         if all(stage.modules[-1] in declared for stage in levels):
             return FeatureInfo(
                 [
-                    LevelInfo(s.level, int(declared[s.modules[-1]]["num_chs"]), int(declared[s.modules[-1]]["reduction"]),
-                              s.modules[-1])
+                    LevelInfo(
+                        s.level,
+                        int(declared[s.modules[-1]]["num_chs"]),
+                        int(declared[s.modules[-1]]["reduction"]),
+                        s.modules[-1],
+                    )
                     for s in levels
                 ]
             )
@@ -168,8 +173,10 @@ class Backbone(nn.Module):
             features = self._forward(torch.zeros(1, self.in_chans, size, size))
         self.train(was_training)
         return FeatureInfo(
-            [LevelInfo(s.level, features[s.level].shape[1], size // features[s.level].shape[-1], s.modules[-1])
-             for s in levels]
+            [
+                LevelInfo(s.level, features[s.level].shape[1], size // features[s.level].shape[-1], s.modules[-1])
+                for s in levels
+            ]
         )
 
     # ---------------------------------------------------------------- fine-tuning controls
@@ -229,10 +236,8 @@ class Backbone(nn.Module):
     def _stage_modules(self, stage: StageSpec) -> list[nn.Module]:
         modules = []
         for path in stage.modules:
-            try:
+            with contextlib.suppress(AttributeError):  # a pruned stage
                 modules.append(self.get_submodule(path))
-            except AttributeError:  # pruned
-                pass
         return modules
 
     # ---------------------------------------------------------------- forward
@@ -270,10 +275,7 @@ class Backbone(nn.Module):
         for stage in self._run:
             for path in stage.modules:
                 module = self.get_submodule(path)
-                if use_checkpoint and stage.level is not None:
-                    x = _checkpoint(module, x)
-                else:
-                    x = module(x)
+                x = _checkpoint(module, x) if use_checkpoint and stage.level is not None else module(x)
             if stage.level in self._out_levels:
                 out[stage.level] = x
         return out
@@ -355,7 +357,9 @@ def _check_levels(out_levels: Any) -> tuple[str, ...]:
     try:
         levels = tuple(out_levels)
     except TypeError:
-        raise TypeError(f"out_levels must be a sequence of level names such as ('C3', 'C4', 'C5'), got {out_levels!r}.")
+        raise TypeError(
+            f"out_levels must be a sequence of level names such as ('C3', 'C4', 'C5'), got {out_levels!r}."
+        ) from None
     bad = [lv for lv in levels if lv not in LEVELS]
     if not levels or bad:
         raise ValueError(

@@ -242,9 +242,7 @@ for _name, _tv_name, _imagenet, _description in _BUILTIN:
     )(partial(_timm_builder, _name))
 
 
-def _tiny_resnet(
-    block: str, *, in_chans: int, output_stride: int, drop_path_rate: float, v2: bool = False
-) -> Any:
+def _tiny_resnet(block: str, *, in_chans: int, output_stride: int, drop_path_rate: float, v2: bool = False) -> Any:
     from timm.layers import BatchNormAct2d, create_conv2d
     from timm.models.resnet import BasicBlock, Bottleneck, ResNet
     from timm.models.resnetv2 import ResNetV2
@@ -275,14 +273,26 @@ def _tiny_resnet(
 
 
 register_backbone(
-    "test_resnet", stages=RESNET_STAGES, first_conv="conv1.0", classifier=("fc.",), hidden=True,
+    "test_resnet",
+    stages=RESNET_STAGES,
+    first_conv="conv1.0",
+    classifier=("fc.",),
+    hidden=True,
     description="Tiny BasicBlock ResNet for tests",
 )(partial(_tiny_resnet, "basic"))
 register_backbone(
-    "test_resnet_bottleneck", stages=RESNET_STAGES, first_conv="conv1.0", classifier=("fc.",), hidden=True,
+    "test_resnet_bottleneck",
+    stages=RESNET_STAGES,
+    first_conv="conv1.0",
+    classifier=("fc.",),
+    hidden=True,
     description="Tiny Bottleneck ResNet for tests",
 )(partial(_tiny_resnet, "bottleneck"))
 register_backbone(
-    "test_resnetv2", stages=RESNETV2_STAGES, first_conv="stem.conv", classifier=("head.", "norm."), hidden=True,
+    "test_resnetv2",
+    stages=RESNETV2_STAGES,
+    first_conv="stem.conv",
+    classifier=("head.", "norm."),
+    hidden=True,
     description="Tiny pre-activation ResNet for tests",
 )(partial(_tiny_resnet, "bottleneck", v2=True))

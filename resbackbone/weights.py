@@ -57,8 +57,9 @@ class ResolvedWeights:
     def fetch(self, *, progress: bool = True) -> Path:
         """The local file, downloaded and verified first if needed."""
         if self.url is not None and self.path is not None:
-            return download_url(self.url, self.path, sha256=self.sha256, hash_prefix=self.hash_prefix,
-                                progress=progress)
+            return download_url(
+                self.url, self.path, sha256=self.sha256, hash_prefix=self.hash_prefix, progress=progress
+            )
         assert self.path is not None
         return self.path
 
@@ -216,7 +217,10 @@ def _resolve_timm(spec: BackboneSpec, wspec: WeightSpec, label: str) -> Resolved
 
     if spec.timm_name is None:
         raise ValueError(f"{label!r}: {spec.name!r} has no timm counterpart; pass a file or URL instead.")
-    cfg = get_pretrained_cfg(f"{spec.timm_name}.{wspec.ref}") if wspec.ref else None
+    try:
+        cfg = get_pretrained_cfg(f"{spec.timm_name}.{wspec.ref}") if wspec.ref else None
+    except RuntimeError:  # timm's answer to an unknown tag
+        cfg = None
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
         tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{spec.timm_name}.*")]
         choices = ", ".join(f"'timm:{t}'" for t in tags) or "(none)"
@@ -287,7 +291,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
                 "the file, re-save only its tensors: torch.save(model.state_dict(), 'clean.pth'), or convert it "
                 "to .safetensors."
             ) from exc
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        except Exception as exc:  # torch.load raises many types on a file that is not a checkpoint
             raise ValueError(
                 f"Could not read {path} as a PyTorch checkpoint ({exc}). Expected a file written by torch.save() "
                 "or a .safetensors file."
