@@ -1,4 +1,4 @@
-"""Command line: ``resbackbone list``, ``resbackbone info``.
+"""Command line: ``resbackbone list|info|finetune|evaluate|predict|data``.
 
 Run ``resbackbone --help`` or ``resbackbone COMMAND --help``.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -87,6 +88,61 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .engine import Trainer
+    from .recipes import load_recipe
+
+    recipe = load_recipe(args.recipe, overrides=args.set, data_root=args.data)
+    output = Path(args.output) if args.output else None
+    Trainer(recipe, resume=args.resume, progress=not args.no_progress, output=output).fit()
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .engine import evaluate_checkpoint
+    from .recipes import load_recipe
+
+    recipe = load_recipe(args.recipe, overrides=args.set, data_root=args.data)
+    metrics = evaluate_checkpoint(recipe, args.checkpoint, split=args.split, device=args.device)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .engine import predict
+
+    path = predict(args.checkpoint, args.images, args.out, device=args.device, score_thresh=args.score_thresh)
+    print(f"Predictions in {path}; overlays in {path.parent}/")
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from .data import check_dataset
+    from .recipes import load_recipe
+
+    recipe = load_recipe(args.recipe, overrides=args.set, data_root=args.data)
+    problems = check_dataset(recipe.data, task=recipe.task)
+    errors = [p for p in problems if p.severity == "error"]
+    for problem in problems:
+        print(problem)
+    print(f"{recipe.name}: {len(errors)} errors, {len(problems) - len(errors)} warnings.")
+    return 1 if errors else 0
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML file, e.g. recipes/quickstart.yaml")
+    p.add_argument("--data", metavar="PATH", help="dataset root folder, replacing data.root")
+    p.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a recipe value, e.g. --set optim.lr=0.005 (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -102,6 +158,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="levels, channels, strides, parameters, GMACs and weights of a backbone")
     p.add_argument("name")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("finetune", help="fine-tune a detector or segmenter from a recipe")
+    _add_recipe_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
+    p.add_argument("--output", metavar="DIR", help="run folder (default: run.output of the recipe)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split of a recipe's dataset")
+    _add_recipe_args(p)
+    p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a run")
+    p.add_argument("--split", default="val", choices=("train", "val", "test"))
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict on image files: JSON results plus overlay PNGs")
+    p.add_argument("checkpoint", help="best.pt or last.pt of a run")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--score-thresh", type=float, default=0.5, help="detection: minimum score kept")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    q = data_sub.add_parser("check", help="report every problem of a recipe's dataset at once")
+    _add_recipe_args(q)
+    q.set_defaults(func=_cmd_data_check)
     return parser
 
 
@@ -113,3 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as exc:
         print(f"resbackbone {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from .engine.trainer import TrainingError
+
+        if not isinstance(exc, TrainingError):
+            raise
+        print(f"resbackbone {args.command}: error: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"resbackbone {args.command}: interrupted. A fine-tune continues with --resume.", file=sys.stderr)
+        return 130

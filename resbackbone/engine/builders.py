@@ -1,0 +1,133 @@
+"""From a recipe to a model, its parameter groups, optimiser and schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..backbone import Backbone
+from ..recipes import OptimConfig, Recipe
+
+__all__ = ["build_model", "build_optimizer", "build_scheduler", "find_backbone"]
+
+
+def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
+    """The detector or segmenter a recipe describes.
+
+    ``num_classes`` counts what the head predicts: object classes plus
+    background for detection, mask classes (background included) for segmentation.
+    """
+    from ..heads import build_detector, build_segmenter
+
+    m = recipe.model
+    backbone_weights = m.backbone_weights if m.weights is None else None
+    if recipe.task == "detection":
+        size = recipe.data.image_size or 512
+        side = max(size) if isinstance(size, (tuple, list)) else size
+        return build_detector(
+            m.head,
+            backbone=m.backbone,
+            num_classes=num_classes,
+            weights=m.weights,
+            backbone_weights=backbone_weights,
+            trainable_stages=m.trainable_stages,
+            min_size=m.min_size or side,
+            max_size=m.max_size or side,
+            anchor_sizes=tuple(tuple(a) for a in m.anchor_sizes) if m.anchor_sizes else None,
+            score_thresh=m.score_thresh,
+            in_chans=m.in_chans,
+            norm=m.norm,
+        )
+    return build_segmenter(
+        m.head,
+        backbone=m.backbone,
+        num_classes=num_classes,
+        weights=m.weights,
+        backbone_weights=backbone_weights,
+        output_stride=m.output_stride,
+        aux_loss=m.aux_loss,
+        trainable_stages=m.trainable_stages,
+        in_chans=m.in_chans,
+        norm=m.norm,
+    )
+
+
+def find_backbone(model: nn.Module) -> Backbone:
+    """The :class:`~resbackbone.Backbone` inside a detector or segmenter."""
+    for module in model.modules():
+        if isinstance(module, Backbone):
+            return module
+    raise TypeError(f"{type(model).__name__} holds no resbackbone Backbone.")
+
+
+def _param_groups(model: nn.Module, backbone: Backbone, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """Head at ``lr``; backbone stages at ``lr * backbone_lr_mult * layer_decay**k`` (k stages below C5).
+
+    Biases and norm parameters (1-D) get no weight decay.
+    """
+    stage_of: dict[int, int] = {}
+    stages = backbone._stages
+    for index, stage in enumerate(stages):
+        depth = len(stages) - 1 - index  # 0 for the C5 stage
+        for module in backbone._stage_modules(stage):
+            for p in module.parameters():
+                stage_of[id(p)] = depth
+    groups: dict[tuple[str, int, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        depth = stage_of.get(id(p))
+        if depth is None:
+            scale, key_part = 1.0, "head"
+        else:
+            decay = cfg.layer_decay**depth if cfg.layer_decay else 1.0
+            scale, key_part = cfg.backbone_lr_mult * decay, "backbone"
+        no_decay = p.ndim <= 1
+        key = (key_part, -1 if depth is None else depth, no_decay)
+        group = groups.setdefault(
+            key,
+            {
+                "params": [],
+                "names": [],
+                "lr_scale": scale,
+                "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+                "group": f"{key_part}{'' if depth is None else f'/stage-{depth}'}{'/no_decay' if no_decay else ''}",
+            },
+        )
+        group["params"].append(p)
+        group["names"].append(name)
+    return [dict(g, lr=cfg.lr * g["lr_scale"]) for g in groups.values() if g["lr_scale"] > 0]
+
+
+def build_optimizer(model: nn.Module, backbone: Backbone, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum), AdamW or Adam over :func:`_param_groups`."""
+    groups = _param_groups(model, backbone, cfg)
+    for g in groups:
+        g.pop("names")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine, step or constant; stepped once per optimiser update."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if cfg.schedule == "step":
+            epoch = step // max(1, steps_per_epoch)
+            return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,206 @@
+"""Models back from checkpoints: evaluation on a split and prediction on image files."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..recipes import Recipe
+from .builders import build_model, find_backbone
+from .checkpoint import atomic_write_bytes, load_checkpoint
+
+__all__ = ["evaluate_checkpoint", "load_model", "predict"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
+
+
+def load_model(
+    checkpoint: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Recipe, list[str]]:
+    """Rebuild the model a training checkpoint holds (its EMA weights when it has them).
+
+    Nothing is downloaded: the weights come from the checkpoint alone.
+
+    Returns:
+        ``(model in eval mode, recipe, class names)``.
+    """
+    state = load_checkpoint(checkpoint)
+    recipe = Recipe.model_validate(state["recipe"])
+    offline = recipe.model.model_copy(update={"weights": None, "backbone_weights": None})
+    recipe_offline = recipe.model_copy(update={"model": offline})
+    classes = list(state["classes"])
+    num_classes = len(classes) + 1 if recipe.task == "detection" else len(classes)
+    if recipe.model.norm == "frozen_bn":  # frozen statistics come from the checkpoint, not from pretrained weights
+        recipe_offline = recipe_offline.model_copy(update={"model": offline.model_copy(update={"norm": "bn"})})
+    model = build_model(recipe_offline, num_classes)
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    real_missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if real_missing or unexpected:
+        raise ValueError(
+            f"Checkpoint {checkpoint} does not fit the model its recipe builds: missing {real_missing[:4]}, "
+            f"unexpected {list(unexpected)[:4]}."
+        )
+    return model.to(device).eval(), recipe, classes
+
+
+def evaluate_checkpoint(
+    recipe: Recipe,
+    checkpoint: str | os.PathLike[str],
+    *,
+    split: str = "val",
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, float]:
+    """Metrics of a checkpoint on a split of ``recipe``'s dataset."""
+    from torch.utils.data import DataLoader
+
+    from ..data import build_dataset, detection_collate
+    from .distributed import _pick_device
+    from .trainer import evaluate_model
+
+    dev = _pick_device(device, 0)
+    model, trained, classes = load_model(checkpoint, device=dev)
+    if trained.task != recipe.task:
+        raise ValueError(f"Checkpoint {checkpoint} is a {trained.task} model; recipe {recipe.name} is {recipe.task}.")
+    backbone = find_backbone(model)
+    dataset = build_dataset(
+        recipe.data,
+        split,
+        task=recipe.task,
+        train=False,
+        mean=backbone.mean,
+        std=backbone.std,
+        in_chans=backbone.in_chans,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=recipe.eval.batch_size or recipe.optim.batch_size,
+        collate_fn=detection_collate if recipe.task == "detection" else None,
+        num_workers=recipe.run.workers,
+    )
+    return evaluate_model(
+        model,
+        loader,
+        task=recipe.task,
+        classes=classes,
+        device=dev,
+        ignore_index=recipe.data.ignore_index,
+        progress=progress,
+    )
+
+
+def _collect(images: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    found: list[Path] = []
+    for item in images:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ValueError(f"{item}: no such image file or folder.")
+    if not found:
+        raise ValueError(f"No images found in {', '.join(map(str, images))} (looked for {', '.join(IMAGE_SUFFIXES)}).")
+    return found
+
+
+@torch.no_grad()
+def predict(
+    checkpoint: str | os.PathLike[str],
+    images: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    score_thresh: float = 0.5,
+    overlays: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Run a checkpoint over image files; write ``predictions.jsonl`` and overlay PNGs to ``out_dir``.
+
+    Each line of ``predictions.jsonl`` holds the image path and, for detection,
+    ``boxes`` (xyxy in the original image's pixels), ``scores`` and ``labels``
+    (class names); for segmentation, the path of the class-index mask PNG
+    written beside it and the pixel count per class. Results are written as
+    they come, so a long run keeps memory flat and loses nothing done.
+
+    Returns:
+        The path of ``predictions.jsonl``.
+    """
+    import numpy as np
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from ..data import build_transforms, read_image
+    from .distributed import _pick_device
+    from .report import draw_prediction
+
+    dev = _pick_device(device, 0)
+    model, recipe, classes = load_model(checkpoint, device=dev)
+    backbone = find_backbone(model)
+    transform = build_transforms(recipe.data, task=recipe.task, train=False)
+    mean = torch.tensor(backbone.mean).view(-1, 1, 1)
+    std = torch.tensor(backbone.std).view(-1, 1, 1)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = _collect(images)
+    results = out / "predictions.jsonl"
+    with open(results, "w") as log:
+        for path in tqdm(files, desc="predict", disable=not progress):
+            pixels = read_image(path, in_chans=backbone.in_chans, window=recipe.data.window)
+            h, w = pixels.shape[:2]
+            transformed = transform(
+                image=pixels, **({"bboxes": np.zeros((0, 4)), "labels": []} if recipe.task == "detection" else {})
+            )["image"]
+            array = transformed.astype(np.float32) / (255.0 if transformed.dtype == np.uint8 else 1.0)
+            tensor = (torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))) - mean) / std
+            th, tw = tensor.shape[1:]
+            record: dict[str, Any] = {"image": str(path), "size": [h, w]}
+            if recipe.task == "detection":
+                output = model([tensor.to(dev)])[0]
+                keep = output["scores"] >= score_thresh
+                scale = torch.tensor([w / tw, h / th, w / tw, h / th]) if recipe.data.resize == "stretch" else None
+                if scale is None:  # letterbox: one scale, padding at the bottom/right
+                    s = max(h / th, w / tw)
+                    scale = torch.tensor([s, s, s, s])
+                boxes = (output["boxes"][keep].cpu() * scale).tolist()
+                record |= {
+                    "boxes": [[round(v, 2) for v in b] for b in boxes],
+                    "scores": [round(float(s), 4) for s in output["scores"][keep]],
+                    "labels": [classes[int(lb) - 1] for lb in output["labels"][keep]],
+                }
+                drawn = output
+            else:
+                logits = model(tensor[None].to(dev))
+                logits = (logits["out"] if isinstance(logits, dict) else logits)[0]
+                mask = logits.argmax(0).to(torch.uint8).cpu().numpy()
+                buffer = io.BytesIO()
+                Image.fromarray(mask).save(buffer, format="PNG")
+                mask_path = out / f"{path.stem}_mask.png"
+                atomic_write_bytes(mask_path, buffer.getvalue())
+                counts = np.bincount(mask.ravel(), minlength=len(classes))
+                record |= {"mask": str(mask_path), "pixels": {c: int(n) for c, n in zip(classes, counts)}}
+                drawn = logits
+            if overlays:
+                picture = draw_prediction(
+                    tensor,
+                    drawn,
+                    task=recipe.task,
+                    classes=classes,
+                    mean=backbone.mean,
+                    std=backbone.std,
+                    score_thresh=score_thresh,
+                )
+                buffer = io.BytesIO()
+                Image.fromarray(picture.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+                atomic_write_bytes(out / f"{path.stem}_overlay.png", buffer.getvalue())
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+    return results

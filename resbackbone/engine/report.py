@@ -1,0 +1,192 @@
+"""What a run leaves behind: metrics files, curves, overlays and the summary table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+__all__ = ["draw_prediction", "finish_run", "write_metrics"]
+
+_COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe"]
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, default=float, allow_nan=True)
+
+
+def write_metrics(output: Path, history: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Append ``row`` to ``metrics.jsonl`` and rewrite ``metrics.csv`` from ``history`` (both atomically)."""
+    jsonl = output / "metrics.jsonl"
+    atomic_write_bytes(jsonl, "".join(_json(r) + "\n" for r in history).encode())
+    columns = list(dict.fromkeys(k for r in history for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_bytes(output / "metrics.csv", buffer.getvalue().encode())
+    _tensorboard(output, row)
+
+
+def _tensorboard(output: Path, row: dict[str, Any]) -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return
+    with SummaryWriter(str(output / "tensorboard")) as writer:
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key != "epoch":
+                writer.add_scalar(key, value, row["epoch"])
+
+
+def _plot_curves(output: Path, history: list[dict[str, Any]], metric: str, split: str) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return None
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in sorted({k for r in history for k in r if k.startswith("train/loss")}):
+        ax_loss.plot(epochs, [r.get(key, math.nan) for r in history], marker="o", label=key.removeprefix("train/"))
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
+    ax_loss.legend()
+    key = f"{split}/{metric}"
+    points = [(r["epoch"], r[key]) for r in history if key in r]
+    if points:
+        ax_metric.plot(*zip(*points), marker="o", color="tab:green")
+    ax_metric.set(xlabel="epoch", ylabel=key, title=f"{split} {metric}")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    path = output / "curves.png"
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _denormalize(image: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    m = torch.tensor(mean).view(-1, 1, 1)
+    s = torch.tensor(std).view(-1, 1, 1)
+    pixels = (image.float().cpu() * s + m).clamp(0, 1)
+    if pixels.shape[0] == 1:
+        pixels = pixels.expand(3, -1, -1)
+    return (pixels[:3] * 255).round().to(torch.uint8)
+
+
+def draw_prediction(
+    image: Tensor,
+    output: Any,
+    *,
+    task: str,
+    classes: list[str],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    score_thresh: float = 0.5,
+) -> Tensor:
+    """A uint8 ``(3, H, W)`` picture of ``image`` with its predicted boxes or mask drawn over it."""
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    canvas = _denormalize(image, mean, std)
+    if task == "detection":
+        keep = output["scores"] >= score_thresh
+        boxes, labels, scores = output["boxes"][keep].cpu(), output["labels"][keep].cpu(), output["scores"][keep].cpu()
+        names = [f"{classes[int(lb) - 1] if 0 < lb <= len(classes) else lb} {s:.2f}" for lb, s in zip(labels, scores)]
+        colors = [_COLORS[(int(lb) - 1) % len(_COLORS)] for lb in labels]
+        return draw_bounding_boxes(canvas, boxes, labels=names, colors=colors, width=2) if len(boxes) else canvas
+    logits = output["out"] if isinstance(output, dict) else output
+    pred = logits.argmax(0).cpu()
+    masks = torch.stack([pred == c for c in range(1, len(classes))]) if len(classes) > 1 else None
+    if masks is None or not masks.any():
+        return canvas
+    return draw_segmentation_masks(canvas, masks, alpha=0.45, colors=_COLORS[: len(masks)] * 4)
+
+
+def _overlays(trainer: Trainer, model: nn.Module, count: int) -> list[Path]:
+    from PIL import Image
+
+    dataset = trainer.eval_set or trainer.test_set
+    if dataset is None or count == 0:
+        return []
+    folder = trainer.output / "overlays"
+    folder.mkdir(exist_ok=True)
+    model.eval()
+    paths = []
+    for index in range(min(count, len(dataset))):
+        image, _ = dataset[index]
+        with torch.no_grad():
+            output = model(
+                [image.to(trainer.device)] if trainer.task == "detection" else image[None].to(trainer.device)
+            )
+        output = output[0] if trainer.task == "detection" else output
+        if isinstance(output, dict) and "out" in output:
+            output = {"out": output["out"][0]}
+        elif isinstance(output, Tensor):
+            output = output[0]
+        picture = draw_prediction(
+            image,
+            output,
+            task=trainer.task,
+            classes=trainer.classes,
+            mean=trainer.backbone.mean,
+            std=trainer.backbone.std,
+        )
+        buffer = io.BytesIO()
+        Image.fromarray(picture.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+        path = folder / f"val_{index:03d}.png"
+        atomic_write_bytes(path, buffer.getvalue())
+        paths.append(path)
+    return paths
+
+
+def _table(summary: dict[str, Any], split: str) -> str:
+    rows = [
+        ("recipe", summary["recipe"]),
+        ("epochs", summary["epochs"]),
+        ("steps", summary["steps"]),
+        ("time", f"{summary['seconds'] / 60:.1f} min"),
+        ("device", f"{summary['device']} × {summary['world_size']}"),
+    ]
+    best = summary.get("best")
+    if best:
+        rows.append(
+            (f"best {split} {summary['metric']}", f"{best['metrics'][summary['metric']]:.4f} (epoch {best['epoch']})")
+        )
+    for key, value in summary.get("test", {}).items():
+        if "/" not in key:
+            rows.append((f"test {key}", f"{value:.4f}"))
+    if summary["skipped_batches"]:
+        rows.append(("skipped batches (non-finite loss)", summary["skipped_batches"]))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def finish_run(trainer: Trainer, summary: dict[str, Any], model: nn.Module) -> None:
+    """Write ``summary.json``, ``curves.png`` and overlays; print the summary table."""
+    split = trainer.recipe.eval.split
+    summary["files"] = {
+        "last": str(trainer.output / "last.pt"),
+        "best": str(trainer.output / "best.pt"),
+        "metrics": str(trainer.output / "metrics.jsonl"),
+    }
+    curves = _plot_curves(trainer.output, trainer.history, trainer.recipe.metric, split)
+    if curves:
+        summary["files"]["curves"] = str(curves)
+    overlays = _overlays(trainer, model, trainer.recipe.run.overlays)
+    if overlays:
+        summary["files"]["overlays"] = str(overlays[0].parent)
+    atomic_write_bytes(trainer.output / "summary.json", json.dumps(summary, indent=2, default=float).encode())
+    trainer._log("\n" + _table(summary, split) + f"\n  outputs in {trainer.output}/")

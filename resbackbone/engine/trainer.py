@@ -1,0 +1,496 @@
+"""The fine-tuning loop: one class for detection and segmentation, one process or many.
+
+``Trainer(recipe).fit()`` trains, evaluates every ``eval.every`` epochs, writes
+``last.pt`` every epoch and ``best.pt`` on improvement (atomically), logs
+metrics to ``metrics.jsonl``/``metrics.csv`` (and TensorBoard when installed),
+and at the end evaluates the best model on the test split, prints a summary
+table and draws the curves and prediction overlays. ``resume=True`` continues
+from ``last.pt`` with the same optimiser, schedule, scaler, EMA and random
+states, so a resumed run reproduces the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from ..data import build_dataset, class_names, detection_collate, has_split
+from ..recipes import Recipe
+from . import distributed
+from .builders import build_model, build_optimizer, build_scheduler, find_backbone
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .metrics import DetectionMetric, SegmentationMetric
+
+__all__ = ["Trainer", "TrainingError", "evaluate_model", "seed_everything"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a NaN loss); the message names the step and the last good checkpoint."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
+    if amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _to_device(images: Any, targets: Any, device: torch.device, channels_last: bool) -> tuple[Any, Any]:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if isinstance(images, Tensor):
+        images = images.to(device, non_blocking=True, memory_format=fmt)
+    else:
+        images = [im.to(device, non_blocking=True) for im in images]
+    if isinstance(targets, Tensor):
+        targets = targets.to(device, non_blocking=True)
+    else:
+        targets = [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+class SegmentationLoss(nn.Module):
+    """Cross-entropy, Dice (``smp.losses.DiceLoss``) or their sum; auxiliary logits weigh 0.4."""
+
+    def __init__(self, kind: str, ignore_index: int) -> None:
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        self.kind = kind
+        self.ignore_index = ignore_index
+        self.dice = smp.losses.DiceLoss(mode="multiclass", from_logits=True, ignore_index=ignore_index)
+
+    def _one(self, logits: Tensor, target: Tensor) -> Tensor:
+        logits = logits.float()
+        loss = logits.new_zeros(())
+        if "ce" in self.kind:
+            loss = loss + F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+        if "dice" in self.kind:
+            loss = loss + self.dice(logits, target)
+        return loss
+
+    def forward(self, output: Tensor | dict[str, Tensor], target: Tensor) -> dict[str, Tensor]:
+        if isinstance(output, dict):
+            parts = {"loss_seg": self._one(output["out"], target)}
+            if "aux" in output:
+                parts["loss_aux"] = 0.4 * self._one(output["aux"], target)
+            return parts
+        return {"loss_seg": self._one(output, target)}
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    task: str,
+    classes: list[str],
+    device: torch.device,
+    amp: str = "none",
+    ignore_index: int = 255,
+    channels_last: bool = False,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Metrics of ``model`` over ``loader`` (reduced over processes when distributed)."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    metric: DetectionMetric | SegmentationMetric = (
+        DetectionMetric(classes) if task == "detection" else SegmentationMetric(classes, ignore_index=ignore_index)
+    )
+    for images, targets in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        images, targets = _to_device(images, targets, device, channels_last)
+        with autocast(device, amp):
+            output = model(images)
+        if task == "detection":
+            metric.update(output, targets)
+        else:
+            logits = output["out"] if isinstance(output, dict) else output
+            metric.update(logits.float(), targets)
+    return metric.compute()
+
+
+class Trainer:
+    """Fine-tune the model a :class:`~resbackbone.recipes.Recipe` describes.
+
+    Args:
+        recipe: The validated recipe.
+        resume: Continue from ``<output>/last.pt``.
+        progress: Show tqdm progress bars (main process only).
+        output: Run folder; default ``recipe.run.output`` with ``{name}`` filled in.
+
+    Example:
+        >>> trainer = Trainer(load_recipe("recipes/quickstart.yaml"))
+        >>> summary = trainer.fit()
+        >>> summary["best"]["miou"]
+    """
+
+    def __init__(self, recipe: Recipe, *, resume: bool = False, progress: bool = True, output: Path | None = None):
+        self.recipe = recipe
+        self.ctx = distributed.setup(recipe.run.device)
+        self.device = self.ctx.device
+        if recipe.optim.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("optim.amp='fp16' needs a CUDA device; use amp: bf16 on the CPU, or amp: none.")
+        self.output = Path(output or recipe.run.output.format(name=recipe.name))
+        self.progress = progress and self.ctx.is_main
+        self.task = recipe.task
+        seed_everything(recipe.run.seed)
+
+        data = recipe.data
+        self.classes = class_names(data, self.task)
+        num_classes = len(self.classes) + 1 if self.task == "detection" else len(self.classes)
+        model = build_model(recipe, num_classes).to(self.device)
+        if recipe.run.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.backbone = find_backbone(model)
+        mean, std, in_chans = self.backbone.mean, self.backbone.std, recipe.model.in_chans
+        common = {"task": self.task, "mean": mean, "std": std, "in_chans": in_chans}
+        self.train_set = build_dataset(data, "train", train=True, **common)
+        if len(self.train_set) == 0:
+            raise ValueError(f"The train split of {recipe.name} is empty; check data.train.")
+        split = recipe.eval.split
+        self.eval_set = build_dataset(data, split, train=False, **common) if has_split(data, split) else None
+        self.test_set = build_dataset(data, "test", train=False, **common) if has_split(data, "test") else None
+
+        optim = recipe.optim
+        self.train_loader = self._loader(self.train_set, optim.batch_size, train=True)
+        batches = len(self.train_loader)
+        if recipe.run.max_steps_per_epoch:
+            batches = min(batches, recipe.run.max_steps_per_epoch * optim.accumulate)
+        self.batches_per_epoch = batches
+        self.steps_per_epoch = max(1, batches // optim.accumulate)
+        self.optimizer = build_optimizer(model, self.backbone, optim)
+        self.scheduler = build_scheduler(self.optimizer, optim, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=optim.amp == "fp16")
+        self.ema = None
+        if optim.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(model, decay=optim.ema)
+        self.seg_loss = SegmentationLoss(recipe.model.loss, data.ignore_index) if self.task == "segmentation" else None
+
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimiser updates done
+        self.best: dict[str, Any] | None = None
+        self.history: list[dict[str, Any]] = []
+        self.bad_evals = 0
+        self.skipped_batches = 0
+        self._ddp: nn.Module | None = None
+        self._trainable_key: tuple[bool, ...] | None = None
+        if resume:
+            self._resume()
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _loader(self, dataset: Dataset, batch_size: int, *, train: bool) -> DataLoader:
+        run = self.recipe.run
+        sampler = None
+        if train and self.ctx.distributed:
+            sampler = DistributedSampler(
+                dataset, num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=True, seed=run.seed
+            )
+        elif not train and self.ctx.distributed:  # exact shards, no padding: metrics equal one process's
+            dataset = Subset(dataset, range(self.ctx.rank, len(dataset), self.ctx.world_size))
+        generator = torch.Generator().manual_seed(run.seed)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            num_workers=run.workers,
+            collate_fn=detection_collate if self.task == "detection" else None,
+            drop_last=train and len(dataset) > batch_size,
+            generator=generator,
+            worker_init_fn=_seed_worker,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        return self._loader(dataset, self.recipe.eval.batch_size or self.recipe.optim.batch_size, train=False)
+
+    def _train_model(self) -> nn.Module:
+        """The model to train: DDP-wrapped when distributed, rebuilt when the trainable set changes."""
+        if not self.ctx.distributed:
+            return self.model
+        key = tuple(p.requires_grad for p in self.model.parameters())
+        if self._ddp is None or key != self._trainable_key:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=False)
+            self._trainable_key = key
+        return self._ddp
+
+    def _set_trainable_for(self, epoch: int) -> None:
+        cfg = self.recipe.model
+        frozen = epoch < cfg.freeze_backbone_epochs
+        self.backbone.set_trainable_stages(0 if frozen else cfg.trainable_stages)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best": self.best,
+            "history": self.history,
+            "bad_evals": self.bad_evals,
+            "skipped_batches": self.skipped_batches,
+            "classes": self.classes,
+            "recipe": self.recipe.model_dump(mode="json", by_alias=True),
+            "rng": rng_state(),
+        }
+
+    def _resume(self) -> None:
+        path = self.output / "last.pt"
+        if not path.is_file():
+            raise ValueError(f"--resume: {path} does not exist; start without --resume, or pass the run's folder.")
+        state = load_checkpoint(path)
+        if state["classes"] != self.classes:
+            raise ValueError(
+                f"--resume: {path} was trained on classes {state['classes']}, this recipe has {self.classes}."
+            )
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best, self.history = state["best"], state["history"]
+        self.bad_evals, self.skipped_batches = state["bad_evals"], state["skipped_batches"]
+        set_rng_state(state["rng"])
+        self._log(f"Resumed from {path}: epoch {self.epoch}, step {self.step}.")
+
+    # ------------------------------------------------------------------ logging
+
+    def _log(self, message: str) -> None:
+        if self.ctx.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(message)
+
+    def _write_metrics(self, row: dict[str, Any]) -> None:
+        if not self.ctx.is_main:
+            return
+        from .report import write_metrics
+
+        write_metrics(self.output, self.history, row)
+
+    # ------------------------------------------------------------------ training
+
+    def _loss(self, model: nn.Module, images: Any, targets: Any) -> dict[str, Tensor]:
+        with autocast(self.device, self.recipe.optim.amp):
+            if self.task == "detection":
+                return model(images, targets)
+            output = model(images)
+        assert self.seg_loss is not None
+        return self.seg_loss(output, targets)
+
+    def _batches(self, epoch: int) -> Iterator[tuple[int, Any]]:
+        sampler = self.train_loader.sampler
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        self.train_loader.generator.manual_seed(self.recipe.run.seed + epoch)
+        for i, batch in enumerate(self.train_loader):
+            if i >= self.batches_per_epoch:
+                break
+            yield i, batch
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        optim, run = self.recipe.optim, self.recipe.run
+        self._set_trainable_for(epoch)
+        model = self._train_model()
+        model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        count = 0
+        bar = tqdm(
+            total=self.batches_per_epoch,
+            desc=f"epoch {epoch + 1}/{optim.epochs}",
+            disable=not self.progress,
+            leave=False,
+        )
+        for i, (images, targets) in self._batches(epoch):
+            images, targets = _to_device(images, targets, self.device, run.channels_last)
+            update = (i + 1) % optim.accumulate == 0 or i + 1 == self.batches_per_epoch
+            sync = model.no_sync() if (self.ctx.distributed and not update) else contextlib.nullcontext()
+            with sync:
+                parts = self._loss(model, images, targets)
+                loss = sum(parts.values())
+                if not self._finite(loss):
+                    if run.nan_policy == "stop":
+                        last = self.output / "last.pt"
+                        where = (
+                            f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved yet"
+                        )
+                        raise TrainingError(
+                            f"Loss is {loss.item()} at epoch {epoch + 1}, step {self.step + 1} (batch {i + 1}); "
+                            f"{where}. Lower optim.lr, set optim.clip_grad, check the data, "
+                            "or set run.nan_policy: skip."
+                        )
+                    self.skipped_batches += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                    bar.update(1)
+                    continue
+                self.scaler.scale(loss / optim.accumulate).backward()
+            if update:
+                if optim.clip_grad:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), optim.clip_grad)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.step += 1
+                if self.ema is not None:
+                    self.ema.update(self.model, step=self.step)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            count += 1
+            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            bar.update(1)
+        bar.close()
+        means = {f"train/{k}": v / max(1, count) for k, v in sums.items()}
+        means["lr"] = max(g["lr"] for g in self.optimizer.param_groups)
+        return means
+
+    def _finite(self, loss: Tensor) -> bool:
+        flag = torch.isfinite(loss.detach()).to(torch.int32)
+        if self.ctx.distributed:
+            flag = flag.to(self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def evaluate(self, dataset: Dataset | None = None) -> dict[str, float]:
+        """Metrics of the current model (its EMA when enabled) on ``dataset`` (default: the eval split)."""
+        dataset = dataset if dataset is not None else self.eval_set
+        if dataset is None:
+            return {}
+        model = self.ema.module if self.ema is not None else self.model
+        return evaluate_model(
+            model,
+            self._eval_loader(dataset),
+            task=self.task,
+            classes=self.classes,
+            device=self.device,
+            amp=self.recipe.optim.amp,
+            ignore_index=self.recipe.data.ignore_index,
+            channels_last=self.recipe.run.channels_last,
+            progress=self.progress,
+        )
+
+    def _improved(self, metrics: dict[str, float]) -> bool:
+        key = self.recipe.metric
+        value = metrics.get(key)
+        if value is None or math.isnan(value):
+            return False
+        return self.best is None or value > self.best["metrics"][key]
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the end of the schedule (or an early stop); returns the run summary."""
+        optim, ev = self.recipe.optim, self.recipe.eval
+        if self.ctx.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            self._log(
+                f"{self.recipe.name}: {len(self.train_set)} training images, {len(self.classes)} classes, "
+                f"{self.steps_per_epoch} steps/epoch on {self.device} × {self.ctx.world_size}; effective batch "
+                f"{optim.batch_size * optim.accumulate * self.ctx.world_size} (lr {optim.lr:g} as given, not rescaled)."
+            )
+        start = time.perf_counter()
+        stopped_early = False
+        while self.epoch < optim.epochs:
+            epoch = self.epoch
+            t0 = time.perf_counter()
+            row: dict[str, Any] = {"epoch": epoch + 1, **self._train_epoch(epoch)}
+            if (epoch + 1) % ev.every == 0 or epoch + 1 == optim.epochs:
+                metrics = self.evaluate()
+                row.update({f"{ev.split}/{k}": v for k, v in metrics.items()})
+                if self._improved(metrics):
+                    self.best = {"epoch": epoch + 1, "metrics": metrics}
+                    self.bad_evals = 0
+                    if self.ctx.is_main:
+                        save_checkpoint(
+                            self._state() | {"epoch": epoch + 1, "step": self.step}, self.output / "best.pt"
+                        )
+                elif metrics:
+                    self.bad_evals += 1
+            row.update({"step": self.step, "time": time.perf_counter() - t0, "skipped_batches": self.skipped_batches})
+            self.history.append(row)
+            self.epoch = epoch + 1
+            if self.ctx.is_main:
+                save_checkpoint(self._state(), self.output / "last.pt")
+            self._write_metrics(row)
+            self._log(_epoch_line(row, self.recipe.metric, ev.split))
+            patience = self.recipe.run.early_stopping
+            if patience and self.bad_evals >= patience:
+                self._log(f"Early stop: {self.recipe.metric} did not improve in {patience} evaluations.")
+                stopped_early = True
+                break
+        return self._finish(time.perf_counter() - start, stopped_early)
+
+    def _finish(self, seconds: float, stopped_early: bool) -> dict[str, Any]:
+        from .report import finish_run
+
+        test_metrics: dict[str, float] = {}
+        if self.test_set is not None:
+            best = self.output / "best.pt"
+            if best.is_file():
+                state = load_checkpoint(best)
+                target = self.ema.module if self.ema is not None else self.model
+                target.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+            test_metrics = self.evaluate(self.test_set)
+        summary = {
+            "recipe": self.recipe.name,
+            "epochs": self.epoch,
+            "steps": self.step,
+            "seconds": seconds,
+            "stopped_early": stopped_early,
+            "skipped_batches": self.skipped_batches,
+            "metric": self.recipe.metric,
+            "best": self.best,
+            "test": test_metrics,
+            "device": str(self.device),
+            "world_size": self.ctx.world_size,
+        }
+        if self.ctx.is_main:
+            model = self.ema.module if self.ema is not None else self.model
+            finish_run(self, summary, model)
+        return summary
+
+
+def _epoch_line(row: dict[str, Any], metric: str, split: str) -> str:
+    value = row.get(f"{split}/{metric}")
+    shown = f", {split} {metric} {value:.4f}" if isinstance(value, float) else ""
+    return f"epoch {row['epoch']}: loss {row.get('train/loss', float('nan')):.4f}{shown} ({row['time']:.0f}s)"

@@ -1,0 +1,367 @@
+"""Fine-tuning recipes: YAML files loaded into a typed, validated schema.
+
+A recipe has five sections — ``model``, ``data``, ``optim``, ``eval``, ``run`` —
+and may start from another with ``extends: base.yaml`` (a path relative to the
+recipe; mappings merge key by key, everything else is replaced). Any value can
+be overridden from the command line: ``--set optim.lr=0.005``. Unknown or
+misspelt keys are errors that name the dotted path and suggest the right key.
+
+Example::
+
+    extends: quickstart.yaml
+    model: {backbone: resnet34}
+    optim: {lr: 0.01, epochs: 12}
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .data.config import FORMAT_TASKS, DataConfig
+from .specs import NORMS, OUTPUT_STRIDES
+
+__all__ = ["HEAD_TASKS", "Recipe", "RecipeError", "load_recipe"]
+
+HEAD_TASKS: dict[str, str] = {
+    "faster_rcnn": "detection",
+    "retinanet": "detection",
+    "deeplabv3": "segmentation",
+    "deeplabv3plus": "segmentation",
+    "fpn": "segmentation",
+    "unet": "segmentation",
+}
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be loaded: the message names the file, the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    """``model:`` — the head, the backbone and how much of it trains.
+
+    Attributes:
+        head: ``faster_rcnn``, ``retinanet`` (detection); ``deeplabv3``,
+            ``deeplabv3plus``, ``fpn``, ``unet`` (segmentation).
+        backbone: Registry name (``resbackbone list``).
+        backbone_weights: Weight string for the backbone (``imagenet``, a file…); ``null`` for random init.
+        weights: Weight string for the whole model (``torchvision:COCO_V1``, a file).
+        output_stride: Segmentation heads: 8 or 16 (dilated last stages).
+        trainable_stages: Backbone stages trained, 0–5 from C5 down; ``null`` trains all.
+        norm: ``bn``, ``frozen_bn``, ``gn`` or ``sync_bn``.
+        freeze_backbone_epochs: Train the head alone for this many epochs first.
+        aux_loss: DeepLabV3: add the auxiliary FCN head on C4 (weight 0.4).
+        in_chans: Input channels (1 for grayscale); pretrained RGB filters are adapted.
+        loss: Segmentation: cross-entropy, Dice, or their sum.
+        min_size: Detection: shorter side the detector resizes to; ``null`` keeps ``data.image_size``.
+        max_size: Detection: cap on the longer side; ``null`` keeps ``data.image_size``.
+        anchor_sizes: Detection: one tuple of sizes per pyramid level.
+        score_thresh: Detection: minimum score kept at inference.
+    """
+
+    head: Literal["faster_rcnn", "retinanet", "deeplabv3", "deeplabv3plus", "fpn", "unet"]
+    backbone: str = "resnet50"
+    backbone_weights: str | None = "imagenet"
+    weights: str | None = None
+    output_stride: int = 16
+    trainable_stages: int | None = 3
+    norm: str = "bn"
+    freeze_backbone_epochs: int = Field(default=0, ge=0)
+    aux_loss: bool = False
+    in_chans: int = Field(default=3, ge=1)
+    loss: Literal["ce", "dice", "ce+dice"] = "ce+dice"
+    min_size: int | None = Field(default=None, ge=32)
+    max_size: int | None = Field(default=None, ge=32)
+    anchor_sizes: list[list[int]] | None = None
+    score_thresh: float = Field(default=0.05, ge=0.0, le=1.0)
+
+    @property
+    def task(self) -> str:
+        return HEAD_TASKS[self.head]
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        from .registry import get_spec
+
+        get_spec(self.backbone)
+        if self.output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride={self.output_stride} is not valid: expected one of {OUTPUT_STRIDES}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm={self.norm!r} is not valid: expected one of {NORMS}")
+        if self.trainable_stages is not None and not 0 <= self.trainable_stages <= 5:
+            raise ValueError(f"trainable_stages={self.trainable_stages} is not valid: expected 0–5 or null")
+        return self
+
+
+class OptimConfig(_Section):
+    """``optim:`` — optimiser, schedule and batch.
+
+    Attributes:
+        optimizer: ``sgd``, ``adamw`` or ``adam``.
+        lr: Learning rate of the head (for the effective batch size as given).
+        backbone_lr_mult: The backbone's learning rate relative to ``lr``.
+        layer_decay: Per-stage decay of the backbone's rate: stage k below C5
+            gets ``backbone_lr_mult * layer_decay**k``; ``null`` for none.
+        weight_decay: Decoupled (AdamW) or L2 (SGD) weight decay; norms and biases get none.
+        momentum: SGD momentum.
+        epochs: Passes over the training split.
+        batch_size: Images per step per process.
+        accumulate: Steps whose gradients are summed before an update.
+        clip_grad: Clip the gradient norm to this value; ``null`` for no clipping.
+        warmup_epochs: Linear warm-up, in epochs (fractions allowed).
+        schedule: ``cosine``, ``step`` or ``constant`` after warm-up.
+        milestones: ``step``: epochs at which the rate is multiplied by ``gamma``.
+        gamma: ``step``: the factor.
+        amp: ``none``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with a gradient scaler).
+        ema: Decay of an exponential moving average of the weights, evaluated
+            and saved as the model (e.g. 0.999); ``null`` for none.
+    """
+
+    optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0)
+    backbone_lr_mult: float = Field(default=1.0, ge=0)
+    layer_decay: float | None = Field(default=None, gt=0, le=1)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    accumulate: int = Field(default=1, ge=1)
+    clip_grad: float | None = Field(default=None, gt=0)
+    warmup_epochs: float = Field(default=0.0, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(default=0.1, gt=0)
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    ema: float | None = Field(default=None, gt=0, lt=1)
+
+
+class EvalConfig(_Section):
+    """``eval:`` — when and how the model is evaluated.
+
+    Attributes:
+        every: Evaluate every this many epochs (and after the last).
+        split: The split evaluated during training.
+        metric: The metric that picks the best checkpoint: ``map``, ``map50``
+            (detection) or ``miou``, ``dice`` (segmentation; foreground classes).
+        batch_size: Images per evaluation step; ``null`` uses ``optim.batch_size``.
+    """
+
+    every: int = Field(default=1, ge=1)
+    split: Literal["train", "val", "test"] = "val"
+    metric: Literal["map", "map50", "miou", "dice"] | None = None
+    batch_size: int | None = Field(default=None, ge=1)
+
+
+class RunConfig(_Section):
+    """``run:`` — output, seed, device and stopping rules.
+
+    Attributes:
+        output: Folder of checkpoints, metrics and plots (relative to the working directory).
+        seed: Seed of weights, data order and augmentations.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        workers: Data-loading processes per training process.
+        early_stopping: Stop after this many evaluations without improvement; ``null`` never.
+        max_steps_per_epoch: Cap on steps per epoch (quick trials); ``null`` for a full pass.
+        nan_policy: ``stop`` the run on a NaN/Inf loss, or ``skip`` the batch and count it.
+        overlays: Validation images drawn with their predictions at the end.
+        channels_last: Run the model in channels-last memory format.
+    """
+
+    output: str = "runs/{name}"
+    seed: int = 0
+    device: str = "auto"
+    workers: int = Field(default=2, ge=0)
+    early_stopping: int | None = Field(default=None, ge=1)
+    max_steps_per_epoch: int | None = Field(default=None, ge=1)
+    nan_policy: Literal["stop", "skip"] = "stop"
+    overlays: int = Field(default=4, ge=0)
+    channels_last: bool = False
+
+
+class Recipe(_Section):
+    """A whole recipe. See the module docs for the file format."""
+
+    name: str
+    description: str = ""
+    model: ModelConfig
+    data: DataConfig
+    optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+    run: RunConfig = RunConfig()
+
+    @property
+    def task(self) -> str:
+        return self.model.task
+
+    @property
+    def metric(self) -> str:
+        return self.eval.metric or ("map50" if self.task == "detection" else "miou")
+
+    @model_validator(mode="after")
+    def _check_fit(self) -> Recipe:
+        tasks = FORMAT_TASKS[self.data.format]
+        if self.task not in tasks:
+            raise ValueError(
+                f"model.head {self.model.head!r} is a {self.task} head, but data.format {self.data.format!r} "
+                f"holds {' / '.join(tasks)} annotations; choose a {' or '.join(tasks)} head or another dataset"
+            )
+        detection_metric = self.metric in ("map", "map50")
+        if detection_metric != (self.task == "detection"):
+            raise ValueError(f"eval.metric {self.metric!r} does not apply to {self.task}")
+        return self
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in chain:
+        raise RecipeError(f"{path}: 'extends' forms a cycle: {' -> '.join(map(str, (*chain, path)))}")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RecipeError(f"Cannot read recipe {path}: {exc.strerror or exc}. Check the path.") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path} is not valid YAML (safe loader; Python tags are refused): {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(
+            f"{path} must hold a mapping of sections (model, data, optim, eval, run), not a {type(raw).__name__}"
+        )
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    if not isinstance(base_name, str):
+        raise RecipeError(f"{path}: 'extends' must be a path to another recipe, got {base_name!r}")
+    base_path = (path.parent / base_name).resolve()
+    base = _read_yaml(base_path, (*chain, path))
+    base.pop("name", None)
+    return _merge(base, raw)
+
+
+def _set_override(raw: dict[str, Any], assignment: str) -> None:
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {assignment!r} is not KEY=VALUE; e.g. --set optim.lr=0.005")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"--set {assignment!r}: cannot parse the value {text!r}: {exc}") from exc
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f"--set {assignment!r}: {part!r} holds a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _clean_loc(loc: tuple[Any, ...], *, unknown_last: bool) -> tuple[tuple[Any, ...], list[str]]:
+    """Drop pydantic's union-member tags from ``loc``; also return the keys valid where it ends."""
+    clean: list[Any] = []
+    model: type[BaseModel] | None = Recipe
+    valid: list[str] = []
+    for i, part in enumerate(loc):
+        if model is None or isinstance(part, int):
+            clean.append(part)
+            continue
+        fields = {f.alias or n: f for n, f in model.model_fields.items()}
+        valid = list(fields)
+        if part in fields:
+            clean.append(part)
+            model = _submodel(fields[part].annotation)
+        elif unknown_last and i == len(loc) - 1:
+            clean.append(part)
+    return tuple(clean), valid
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        unknown = error["type"] == "extra_forbidden"
+        loc, valid = _clean_loc(tuple(error["loc"]), unknown_last=unknown)
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        if unknown:
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else ""
+            listing = f" Valid keys here: {', '.join(valid)}." if valid and not close else ""
+            lines.append(f"  {path}: unknown key{hint}{listing}")
+        elif error["type"] == "missing":
+            lines.append(f"  {path}: required key is missing")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"  {path}: {message} (got {error.get('input')!r})")
+    return f"Invalid recipe {source}:\n" + "\n".join(dict.fromkeys(lines))
+
+
+def load_recipe(
+    path: str | os.PathLike[str], *, overrides: list[str] | None = None, data_root: str | os.PathLike[str] | None = None
+) -> Recipe:
+    """Load, merge (``extends``), override (``--set``) and validate a recipe file.
+
+    Args:
+        path: The YAML file.
+        overrides: ``["optim.lr=0.005", ...]``; values are parsed as YAML.
+        data_root: Replaces ``data.root`` (the CLI's ``--data``); must exist.
+
+    Returns:
+        The validated :class:`Recipe`, with ``data.root`` made absolute.
+
+    Raises:
+        RecipeError: The file cannot be read or parsed, a key is unknown, a
+            value is invalid, or ``data_root`` does not exist.
+    """
+    path = Path(path)
+    raw = _read_yaml(path.resolve())
+    raw.setdefault("name", path.stem)
+    for assignment in overrides or []:
+        _set_override(raw, assignment)
+    data = raw.get("data")
+    if data_root is not None:
+        root = Path(data_root).expanduser()
+        if not root.exists():
+            raise RecipeError(f"--data {data_root}: no such folder. Pass the dataset's root folder.")
+        if isinstance(data, dict) and data.get("format") == "shapes":
+            raise RecipeError(
+                f"--data {data_root}: recipe {path.name} trains on the built-in generated dataset (format 'shapes'), "
+                "which takes no data folder; drop --data, or pick a recipe for your data's format."
+            )
+        if isinstance(data, dict):
+            data["root"] = str(root.resolve())
+    if isinstance(data, dict) and data.get("root") is not None:
+        data["root"] = str((path.resolve().parent / str(data["root"])).resolve())
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, str(path))) from None
