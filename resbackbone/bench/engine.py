@@ -28,14 +28,14 @@ SCHEMA_VERSION = 1
 RESULT_FIELDS: tuple[str, ...] = (
     "backbone", "device", "batch_size", "input_size", "fpn", "impl", "mode", "dtype", "channels_last", "compiled",
     "status", "note", "images_per_s", "latency_ms_p50", "latency_ms_p95", "latency_ms_min", "peak_memory_mib",
-    "memory_method", "gmacs_per_image", "gflops_per_s", "ceiling_key", "ceiling_fraction", "ratio_vs",
+    "memory_method", "peak_rss_mib", "gmacs_per_image", "gflops_per_s", "ceiling_key", "ceiling_fraction", "ratio_vs",
     "max_abs_diff", "max_rel_diff", "setup_s", "repeats",
 )  # fmt: skip
 """Fields of every row of ``results`` in the JSON (all present, ``None`` where not measured)."""
 
 TRAIN_FIELDS: tuple[str, ...] = (
     "backbone", "device", "batch_size", "input_size", "model", "grad_checkpointing", "amp_bf16", "status", "note",
-    "images_per_s", "step_ms_p50", "step_ms_p95", "peak_memory_mib", "memory_method", "memory_saving",
+    "images_per_s", "step_ms_p50", "step_ms_p95", "peak_memory_mib", "memory_method", "peak_rss_mib", "memory_saving",
     "time_overhead", "setup_s", "repeats",
 )  # fmt: skip
 """Fields of every row of ``train`` in the JSON."""
@@ -264,7 +264,7 @@ def _run_config(
                 row["note"] = (row["note"] + "; " if row["note"] else "") + str(exc)
             with PeakMemory(device) as peak:
                 candidate.fn(x)
-        row["peak_memory_mib"], row["memory_method"] = peak.mib, peak.method
+        row.update(peak_memory_mib=peak.mib, memory_method=peak.method, peak_rss_mib=peak.rss_mib)
 
     times: dict[int, list[float]] = {id(c): [] for c, _ in candidates}
     with torch.inference_mode():
