@@ -135,7 +135,8 @@ def check_dataset(
     """
     try:
         prepared, root = prepare(cfg, task, base_dir)
-        names = class_names(prepared, task, base_dir)
+        # classes stay unset only when no COCO file loads; each split then reports why
+        names = class_names(prepared, task, base_dir) if prepared.classes is not None else []
     except DataError as exc:
         return [Problem(exc.path or str(cfg.root), "", "error", _strip(str(exc), exc.path))]
     problems: list[Problem] = []
@@ -147,9 +148,14 @@ def check_dataset(
             continue
         records, reporter = index_split(prepared, split, root, task=task, mode="check")
         _deep_check(records, prepared, task, names, reporter, progress)
+        overlap: dict[str, list[Path]] = defaultdict(list)
         for rec in records:
-            if rec.image in seen and seen[rec.image] != split:
-                reporter.warning(rec.image, f"image is also in split {seen[rec.image]!r} (the splits overlap)")
+            if rec.image in seen:
+                overlap[seen[rec.image]].append(rec.image)
             seen.setdefault(rec.image, split)
+        for other, files in overlap.items():
+            reporter.warning(
+                files[0], f"{len(files)} image(s) of this split are also in split {other!r}, e.g. this one"
+            )
         problems.extend(reporter.finish())
     return problems

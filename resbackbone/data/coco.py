@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +197,9 @@ def rasterize(record: SegmentationRecord, ignore_code: int) -> np.ndarray:
             rle = mask_utils.frPyObjects(seg, h, w)
         else:
             rle = seg
-        m = mask_utils.decode(rle).astype(bool)
+        with warnings.catch_warnings():  # pycocotools' own numpy-2 copy-keyword notice
+            warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+            m = mask_utils.decode(rle).astype(bool)
         painted.append((int(m.sum()), label, crowd, m))
     for _, label, crowd, m in sorted(painted, key=lambda t: -t[0]):
         out[m] = ignore_code if crowd else label

@@ -23,7 +23,11 @@ _MEDICAL_HINT = "pip install 'resbackbone[medical]'"
 
 
 def _open_checked(path: Path):  # type: ignore[no-untyped-def]
-    """Open and fully decode ``path`` with PIL, turning every failure into a DataError."""
+    """Open and fully decode ``path`` with PIL, turning every failure into a DataError.
+
+    Returns:
+        ``(image, deep)``: the loaded PIL image, and whether the file stores 16 bits per colour sample.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -36,6 +40,7 @@ def _open_checked(path: Path):  # type: ignore[no-untyped-def]
         raise DataError(f"{path}: file is empty (0 bytes); replace it or remove it from the split", path)
     try:
         im = Image.open(path)
+        deep = _is_deep(im)  # the tile list is gone after load()
         im.load()
     except UnidentifiedImageError:
         with open(path, "rb") as f:
@@ -45,7 +50,7 @@ def _open_checked(path: Path):  # type: ignore[no-untyped-def]
         raise DataError(f"{path}: refused, too many pixels ({exc})", path) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: image is truncated or corrupt ({exc}); re-export or remove it", path) from None
-    return im
+    return im, deep
 
 
 def _is_deep(im) -> bool:  # type: ignore[no-untyped-def]
@@ -71,9 +76,9 @@ def decode_image(path: str | Path, *, window: tuple[float, float] | None = None)
     path = Path(path)
     if path.suffix.lower() == ".dcm":
         return _read_dicom(path, window), "DICOM"
-    im = _open_checked(path)
+    im, deep = _open_checked(path)
     mode = im.mode
-    if mode in ("RGB", "RGBA") and _is_deep(im):
+    if mode in ("RGB", "RGBA") and deep:
         import cv2
 
         arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
@@ -155,7 +160,7 @@ def read_mask(path: str | Path) -> np.ndarray:
         DataError: Unreadable file, or a colour mask with differing channels.
     """
     path = Path(path)
-    im = _open_checked(path)
+    im, _ = _open_checked(path)
     mode = im.mode
     if mode in ("P", "L"):
         return np.asarray(im)

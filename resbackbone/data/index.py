@@ -40,22 +40,30 @@ def _shapes_config(cfg: DataConfig, root: Path, task: str) -> DataConfig:
     return cfg.model_copy(update={**update, **splits, "root": root, "image_size": cfg.size_hw})
 
 
-def _coco_names(cfg: DataConfig, root: Path) -> list[str]:
+def _coco_names(cfg: DataConfig, root: Path, *, strict: bool = True) -> list[str] | None:
+    """Category names (sorted by id) of the first configured COCO file that loads.
+
+    With ``strict=False`` a dataset whose files all fail gives None, leaving the
+    detailed errors to the indexing of each split.
+    """
+    reporter = Reporter("all")
     for split in SPLITS:
         spec = cfg.split_spec(split)
         if spec is None or spec.annotations is None:
             continue
         path = root / spec.annotations
-        reporter = Reporter(split)
         data = load_coco(path, reporter)
         if data is None:
-            reporter.finish()  # raises the problems
-            return []
+            continue
         names = [c.name for c in sorted(data.categories, key=lambda c: c.id)]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise DataError(f"{path}: category names {dup} are used by several ids; names must be unique", path)
         return names
+    if not strict:
+        return None
+    if reporter.problems:
+        reporter.finish()  # raises every problem found
     raise DataError("No COCO split is configured; set data.train: {annotations: ..., images: ...}")
 
 
@@ -84,13 +92,13 @@ def prepare(cfg: DataConfig, task: str, base_dir: str | Path | None = None) -> t
         return _shapes_config(cfg, root, task), root
     root = require_root(cfg.resolve_root(base_dir))
     if cfg.classes is None:
-        cfg = cfg.model_copy(update={"classes": _object_names(cfg, root)})
+        cfg = cfg.model_copy(update={"classes": _object_names(cfg, root, strict=False)})
     return cfg, root
 
 
-def _object_names(cfg: DataConfig, root: Path) -> list[str]:
+def _object_names(cfg: DataConfig, root: Path, *, strict: bool = True) -> list[str] | None:
     if cfg.format == "coco":
-        return _coco_names(cfg, root)
+        return _coco_names(cfg, root, strict=strict)
     if cfg.format == "voc":
         return voc_class_names(cfg, root)
     if cfg.format == "yolo":
@@ -124,9 +132,10 @@ def class_names(cfg: DataConfig, task: str, base_dir: str | Path | None = None) 
         return list(SHAPES_CLASSES) if task == "detection" else ["background", *SHAPES_CLASSES]
     if cfg.format in ("mask_folder", "voc_seg"):
         return mask_class_names(cfg)
-    names = (
-        list(cfg.classes) if cfg.classes is not None else _object_names(cfg, require_root(cfg.resolve_root(base_dir)))
-    )
+    if cfg.classes is not None:
+        names = list(cfg.classes)
+    else:
+        names = _object_names(cfg, require_root(cfg.resolve_root(base_dir))) or []
     return ["background", *names] if task == "segmentation" else names
 
 

@@ -23,6 +23,7 @@ __all__ = ["build_transforms", "validate_augment"]
 
 # Normalisation and tensor conversion come from the backbone's weights and the loader.
 _FORBIDDEN = {"Normalize", "ToTensorV2", "ToFloat", "FromFloat"}
+_ABSTRACT = {"BasicTransform", "DualTransform", "ImageOnlyTransform", "BaseCompose", "Transform3D"}
 
 
 def _transform_names() -> list[str]:
@@ -31,14 +32,24 @@ def _transform_names() -> list[str]:
     names = []
     for name in dir(A):
         obj = getattr(A, name)
-        if inspect.isclass(obj) and issubclass(obj, (A.BasicTransform, A.BaseCompose)) and not name.startswith("_"):
+        if name in _ABSTRACT or name.startswith("_"):
+            continue
+        if inspect.isclass(obj) and issubclass(obj, (A.BasicTransform, A.BaseCompose)):
             names.append(name)
     return names
+
+
+def _image_target() -> object:
+    from albumentations.core.type_definitions import Targets
+
+    return Targets.IMAGE
 
 
 def _close(name: str, choices: list[str]) -> str:
     lower = {c.lower(): c for c in choices}
     matches = difflib.get_close_matches(name.lower(), list(lower), n=3, cutoff=0.6)
+    matches += [c for c in lower if c not in matches and (c.startswith(name.lower()) or name.lower().startswith(c))]
+    matches = matches[:3]
     return ", ".join(repr(lower[m]) for m in matches) if matches else "none"
 
 
@@ -62,6 +73,9 @@ def _build_one(spec: Any, where: str) -> A.BasicTransform | A.BaseCompose:
             "Names are albumentations transform classes, e.g. HorizontalFlip, RandomBrightnessContrast."
         )
     cls = getattr(A, name)
+    targets = getattr(cls, "_targets", None)
+    if targets is not None and not issubclass(cls, A.BaseCompose) and _image_target() not in targets:
+        raise ValueError(f"{where}: {name} works on volumes, not on 2-D images; pick a 2-D transform")
     params = inspect.signature(cls.__init__).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         accepted = [p for p in params if p != "self"]
@@ -113,7 +127,7 @@ def _check_boxes_supported(transforms: list[Any]) -> None:
     for t in transforms:
         if isinstance(t, A.BaseCompose):
             _check_boxes_supported(list(t.transforms))
-        elif isinstance(t, A.DualTransform) and Targets.BBOXES not in t._targets:
+        elif isinstance(t, A.DualTransform) and Targets.BBOXES not in getattr(type(t), "_targets", (Targets.BBOXES,)):
             raise ValueError(
                 f"data.augment: {type(t).__name__} cannot move bounding boxes, so it cannot be used for detection; "
                 "remove it or pick a box-aware transform"
