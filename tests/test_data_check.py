@@ -221,3 +221,14 @@ def test_overlapping_splits_are_a_warning(tmp_path: Path) -> None:
     write_voc(tmp_path, {"train": [("a", (8, 8), []), ("b", (8, 8), [])], "val": [("b", (8, 8), [])]})
     problems = check_dataset(DataConfig(format="voc", root=tmp_path, classes=["x"]), task="detection")
     _find(problems, "b.png", r"1 image\(s\) of this split are also in split 'train'", "warning")
+
+
+def test_worker_errors_reach_the_main_process_naming_the_file(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    write_coco(tmp_path, "train", [("x.png", (32, 32), [])], {1: "cat"})
+    (tmp_path / "images" / "train" / "x.png").write_bytes(b"")
+    spec = {"annotations": "annotations/train.json", "images": "images/train"}
+    loader = DataLoader(_build(DataConfig(format="coco", root=tmp_path, train=spec)), num_workers=1, collate_fn=list)
+    with pytest.raises(DataError, match=r"images/train/x\.png: file is empty"):
+        next(iter(loader))

@@ -274,3 +274,16 @@ def test_dicom_window_from_file_and_override(tmp_path: Path, monkeypatch: pytest
 
 def test_apply_window_is_the_dicom_linear_function() -> None:
     np.testing.assert_allclose(apply_window(np.array([-1000.0, 40.0, 1000.0]), 40, 400), [0, 0.50125, 1], atol=1e-5)
+
+
+def test_detection_collate_with_a_dataloader(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from resbackbone.data import detection_collate
+
+    write_coco(tmp_path, "train", [(f"{i}.png", (16, 24), [(1, (1, 1, 5, 5))] * i) for i in range(3)], {1: "x"})
+    spec = {"annotations": "annotations/train.json", "images": "images/train"}
+    cfg = DataConfig(format="coco", root=tmp_path, image_size=(16, 24), train=spec)
+    images, targets = next(iter(DataLoader(_load(cfg), batch_size=3, collate_fn=detection_collate)))
+    assert [tuple(x.shape) for x in images] == [(3, 16, 24)] * 3
+    assert [len(t["boxes"]) for t in targets] == [0, 1, 2] and [t["image_id"] for t in targets] == [1, 2, 3]

@@ -14,7 +14,7 @@ Example:
 
 from .check import check_dataset
 from .config import FORMAT_TASKS, FORMATS, DataConfig, SplitSpec
-from .datasets import DetectionDataset, SegmentationDataset, build_dataset, detection_collate
+from .datasets import DetectionDataset, SegmentationDataset, build_dataset, detection_collate, image_to_tensor
 from .images import read_image, read_mask
 from .index import class_names, has_split
 from .problems import DataError, DataWarning, Problem
@@ -38,6 +38,7 @@ __all__ = [
     "detection_collate",
     "ensure_shapes_dataset",
     "has_split",
+    "image_to_tensor",
     "read_image",
     "read_mask",
     "verify_shapes_dataset",
