@@ -232,3 +232,22 @@ def test_worker_errors_reach_the_main_process_naming_the_file(tmp_path: Path) ->
     loader = DataLoader(_build(DataConfig(format="coco", root=tmp_path, train=spec)), num_workers=1, collate_fn=list)
     with pytest.raises(DataError, match=r"images/train/x\.png: file is empty"):
         next(iter(loader))
+
+
+def test_paths_escaping_the_root_in_list_files_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    save(tmp_path / "secret.png", picture(8, 8))
+    save(tmp_path / "secret_mask.png", np.zeros((8, 8), np.uint8))
+    write_yolo(root, "train", [("a", (8, 8), [])])
+    (root / "train.txt").write_text("images/train/a.png\n../secret.png\n")
+    problems = check_dataset(DataConfig(format="yolo", root=root, classes=["x"], train="train.txt"), task="detection")
+    _find(problems, "train.txt", r"path '\.\./secret\.png' points outside the dataset root")
+    write_mask_folder(root, {"b": (picture(8, 8), np.zeros((8, 8), np.uint8))}, {"val": ["b", "../../secret"]})
+    problems = check_dataset(DataConfig(format="mask_folder", root=root, val="val"), task="segmentation")
+    _find(problems, "val.txt", r"path '\.\./\.\./secret' points outside the dataset root")
+    (root / "Annotations").mkdir()
+    (root / "Annotations" / "v.xml").write_text(voc_xml("../../secret.png", (8, 8), []))
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "ImageSets" / "Main" / "train.txt").write_text("v\n")
+    problems = check_dataset(DataConfig(format="voc", root=root, classes=["x"]), task="detection")
+    _find(problems, "v.xml", r"path '\.\./\.\./secret\.png' points outside the dataset root")

@@ -287,3 +287,12 @@ def test_detection_collate_with_a_dataloader(tmp_path: Path) -> None:
     images, targets = next(iter(DataLoader(_load(cfg), batch_size=3, collate_fn=detection_collate)))
     assert [tuple(x.shape) for x in images] == [(3, 16, 24)] * 3
     assert [len(t["boxes"]) for t in targets] == [0, 1, 2] and [t["image_id"] for t in targets] == [1, 2, 3]
+
+
+def test_has_split_follows_the_conventional_places(tmp_path: Path) -> None:
+    from resbackbone.data import has_split
+
+    write_voc(tmp_path, {"train": [("a", (8, 8), [])], "val": [("b", (8, 8), [])]})
+    cfg = DataConfig(format="voc", root=tmp_path)
+    assert [has_split(cfg, s) for s in ("train", "val", "test")] == [True, True, False]
+    assert has_split(DataConfig(format="shapes"), "test")
