@@ -58,7 +58,8 @@ class ModelConfig(_Section):
         weights: Weight string for the whole model (``torchvision:COCO_V1``, a file).
         output_stride: Segmentation heads: 8 or 16 (dilated last stages).
         trainable_stages: Backbone stages trained, 0–5 from C5 down; ``null`` trains all.
-        norm: ``bn``, ``frozen_bn``, ``gn`` or ``sync_bn``.
+        norm: ``bn``, ``frozen_bn``, ``gn`` or ``sync_bn``; ``null`` lets the head choose
+            (frozen BN for a pretrained detector backbone, BN otherwise).
         freeze_backbone_epochs: Train the head alone for this many epochs first.
         aux_loss: DeepLabV3: add the auxiliary FCN head on C4 (weight 0.4).
         in_chans: Input channels (1 for grayscale); pretrained RGB filters are adapted.
@@ -75,7 +76,7 @@ class ModelConfig(_Section):
     weights: str | None = None
     output_stride: int = 16
     trainable_stages: int | None = 3
-    norm: str = "bn"
+    norm: str | None = None
     freeze_backbone_epochs: int = Field(default=0, ge=0)
     aux_loss: bool = False
     in_chans: int = Field(default=3, ge=1)
@@ -96,7 +97,7 @@ class ModelConfig(_Section):
         get_spec(self.backbone)
         if self.output_stride not in OUTPUT_STRIDES:
             raise ValueError(f"output_stride={self.output_stride} is not valid: expected one of {OUTPUT_STRIDES}")
-        if self.norm not in NORMS:
+        if self.norm is not None and self.norm not in NORMS:
             raise ValueError(f"norm={self.norm!r} is not valid: expected one of {NORMS}")
         if self.trainable_stages is not None and not 0 <= self.trainable_stages <= 5:
             raise ValueError(f"trainable_stages={self.trainable_stages} is not valid: expected 0–5 or null")

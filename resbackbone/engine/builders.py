@@ -14,36 +14,63 @@ from ..recipes import OptimConfig, Recipe
 __all__ = ["build_model", "build_optimizer", "build_scheduler", "find_backbone"]
 
 
+_HEAD_LEVELS: dict[str, tuple[str, ...]] = {
+    "faster_rcnn": ("C2", "C3", "C4", "C5"),
+    "retinanet": ("C3", "C4", "C5"),
+    "deeplabv3": ("C5",),
+    "deeplabv3plus": ("C2", "C3", "C4", "C5"),
+    "fpn": ("C2", "C3", "C4", "C5"),
+    "unet": ("C2", "C3", "C4", "C5"),
+}
+
+
 def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
     """The detector or segmenter a recipe describes.
 
     ``num_classes`` counts what the head predicts: object classes plus
     background for detection, mask classes (background included) for segmentation.
+    With ``model.norm`` unset each head picks its norm (frozen BN for pretrained
+    detectors, as torchvision does); set, the backbone is built here with it.
     """
+    from ..backbone import create_backbone
     from ..heads import build_detector, build_segmenter
 
     m = recipe.model
     backbone_weights = m.backbone_weights if m.weights is None else None
-    if recipe.task == "detection":
-        size = recipe.data.image_size or 512
-        side = max(size) if isinstance(size, (tuple, list)) else size
+    detection = recipe.task == "detection"
+    backbone: str | Backbone = m.backbone
+    if m.norm is not None:
+        levels = _HEAD_LEVELS[m.head]
+        if m.head == "deeplabv3" and m.aux_loss:
+            levels = ("C4", "C5")
+        backbone = create_backbone(
+            m.backbone,
+            weights=backbone_weights,
+            out_levels=levels,
+            output_stride=32 if detection else m.output_stride,
+            in_chans=m.in_chans,
+            norm=m.norm,
+            trainable_stages=m.trainable_stages,
+        )
+        backbone_weights = None
+    if detection:
+        side = max(recipe.data.size_hw)
         return build_detector(
             m.head,
-            backbone=m.backbone,
+            backbone=backbone,
             num_classes=num_classes,
             weights=m.weights,
             backbone_weights=backbone_weights,
             trainable_stages=m.trainable_stages,
             min_size=m.min_size or side,
             max_size=m.max_size or side,
-            anchor_sizes=tuple(tuple(a) for a in m.anchor_sizes) if m.anchor_sizes else None,
+            anchor_sizes=m.anchor_sizes,
             score_thresh=m.score_thresh,
             in_chans=m.in_chans,
-            norm=m.norm,
         )
     return build_segmenter(
         m.head,
-        backbone=m.backbone,
+        backbone=backbone,
         num_classes=num_classes,
         weights=m.weights,
         backbone_weights=backbone_weights,
@@ -51,7 +78,6 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
         aux_loss=m.aux_loss,
         trainable_stages=m.trainable_stages,
         in_chans=m.in_chans,
-        norm=m.norm,
     )
 
 
