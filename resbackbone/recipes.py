@@ -322,7 +322,9 @@ def _format_errors(exc: ValidationError, source: str) -> str:
             lines.append(f"  {path}: required key is missing")
         else:
             message = error["msg"].removeprefix("Value error, ")
-            lines.append(f"  {path}: {message} (got {error.get('input')!r})")
+            value = error.get("input")
+            got = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+            lines.append(f"  {path}: {message}{got}")
     return f"Invalid recipe {source}:\n" + "\n".join(dict.fromkeys(lines))
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from ..backbone import Backbone
 from ..recipes import OptimConfig, Recipe
 
-__all__ = ["build_model", "build_optimizer", "build_scheduler", "find_backbone"]
+__all__ = ["build_model", "build_optimizer", "build_scheduler", "find_backbone", "input_normalization"]
 
 
 _HEAD_LEVELS: dict[str, tuple[str, ...]] = {
@@ -87,6 +87,17 @@ def find_backbone(model: nn.Module) -> Backbone:
         if isinstance(module, Backbone):
             return module
     raise TypeError(f"{type(model).__name__} holds no resbackbone Backbone.")
+
+
+def input_normalization(backbone: Backbone, task: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The ``(mean, std)`` the data pipeline applies before the model.
+
+    torchvision detectors normalise inside the model (with the backbone's
+    mean/std), so detection data stays in [0, 1]; segmenters take normalised input.
+    """
+    if task == "detection":
+        return (0.0,) * backbone.in_chans, (1.0,) * backbone.in_chans
+    return backbone.mean, backbone.std
 
 
 def _param_groups(model: nn.Module, backbone: Backbone, cfg: OptimConfig) -> list[dict[str, Any]]:

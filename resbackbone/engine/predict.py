@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..recipes import Recipe
-from .builders import build_model, find_backbone
+from .builders import build_model, find_backbone, input_normalization
 from .checkpoint import atomic_write_bytes, load_checkpoint
 
 __all__ = ["evaluate_checkpoint", "load_model", "predict"]
@@ -71,13 +71,14 @@ def evaluate_checkpoint(
     if trained.task != recipe.task:
         raise ValueError(f"Checkpoint {checkpoint} is a {trained.task} model; recipe {recipe.name} is {recipe.task}.")
     backbone = find_backbone(model)
+    mean, std = input_normalization(backbone, recipe.task)
     dataset = build_dataset(
         recipe.data,
         split,
         task=recipe.task,
         train=False,
-        mean=backbone.mean,
-        std=backbone.std,
+        mean=mean,
+        std=std,
         in_chans=backbone.in_chans,
     )
     loader = DataLoader(
@@ -145,6 +146,7 @@ def predict(
     dev = _pick_device(device, 0)
     model, recipe, classes = load_model(checkpoint, device=dev)
     backbone = find_backbone(model)
+    mean, std = input_normalization(backbone, recipe.task)
     transform = build_transforms(recipe.data, task=recipe.task, train=False)
     detection = recipe.task == "detection"
     out = Path(out_dir)
@@ -156,7 +158,7 @@ def predict(
             pixels = read_image(path, in_chans=backbone.in_chans, window=recipe.data.window)
             h, w = pixels.shape[:2]
             extra = {"bboxes": np.zeros((0, 4)), "labels": []} if detection else {}
-            tensor = image_to_tensor(transform(image=pixels, **extra)["image"], backbone.mean, backbone.std)
+            tensor = image_to_tensor(transform(image=pixels, **extra)["image"], mean, std)
             th, tw = tensor.shape[1:]
             # Undo the eval resize: one scale and bottom/right padding (letterbox), or a scale per axis (stretch).
             if recipe.data.resize == "stretch":
@@ -193,8 +195,8 @@ def predict(
                     drawn,
                     task=recipe.task,
                     classes=classes,
-                    mean=backbone.mean,
-                    std=backbone.std,
+                    mean=mean,
+                    std=std,
                     score_thresh=score_thresh,
                 )
                 buffer = io.BytesIO()

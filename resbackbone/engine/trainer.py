@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from ..data import build_dataset, class_names, detection_collate, has_split
 from ..recipes import Recipe
 from . import distributed
-from .builders import build_model, build_optimizer, build_scheduler, find_backbone
+from .builders import build_model, build_optimizer, build_scheduler, find_backbone, input_normalization
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .metrics import DetectionMetric, SegmentationMetric
 
@@ -166,8 +166,8 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.backbone = find_backbone(model)
-        mean, std, in_chans = self.backbone.mean, self.backbone.std, recipe.model.in_chans
-        common = {"task": self.task, "mean": mean, "std": std, "in_chans": in_chans}
+        self.mean, self.std = input_normalization(self.backbone, self.task)
+        common = {"task": self.task, "mean": self.mean, "std": self.std, "in_chans": recipe.model.in_chans}
         self.train_set = build_dataset(data, "train", train=True, **common)
         if len(self.train_set) == 0:
             raise ValueError(f"The train split of {recipe.name} is empty; check data.train.")
@@ -418,9 +418,35 @@ class Trainer:
             return False
         return self.best is None or value > self.best["metrics"][key]
 
+    def run_epoch(self) -> dict[str, Any]:
+        """Train one epoch, evaluate when due, save ``last.pt`` (and ``best.pt``) and log; returns its row."""
+        optim, ev = self.recipe.optim, self.recipe.eval
+        epoch = self.epoch
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"epoch": epoch + 1, **self._train_epoch(epoch)}
+        if (epoch + 1) % ev.every == 0 or epoch + 1 == optim.epochs:
+            metrics = self.evaluate()
+            row.update({f"{ev.split}/{k}": v for k, v in metrics.items()})
+            if self._improved(metrics):
+                self.best = {"epoch": epoch + 1, "metrics": metrics}
+                self.bad_evals = 0
+                if self.ctx.is_main:
+                    save_checkpoint(self._state() | {"epoch": epoch + 1}, self.output / "best.pt")
+            elif metrics:
+                self.bad_evals += 1
+        row.update({"step": self.step, "time": time.perf_counter() - t0, "skipped_batches": self.skipped_batches})
+        self.history.append(row)
+        self.epoch = epoch + 1
+        if self.ctx.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(self._state(), self.output / "last.pt")
+        self._write_metrics(row)
+        self._log(_epoch_line(row, self.recipe.metric, ev.split))
+        return row
+
     def fit(self) -> dict[str, Any]:
         """Train to the end of the schedule (or an early stop); returns the run summary."""
-        optim, ev = self.recipe.optim, self.recipe.eval
+        optim = self.recipe.optim
         if self.ctx.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
             self._log(
@@ -431,28 +457,7 @@ class Trainer:
         start = time.perf_counter()
         stopped_early = False
         while self.epoch < optim.epochs:
-            epoch = self.epoch
-            t0 = time.perf_counter()
-            row: dict[str, Any] = {"epoch": epoch + 1, **self._train_epoch(epoch)}
-            if (epoch + 1) % ev.every == 0 or epoch + 1 == optim.epochs:
-                metrics = self.evaluate()
-                row.update({f"{ev.split}/{k}": v for k, v in metrics.items()})
-                if self._improved(metrics):
-                    self.best = {"epoch": epoch + 1, "metrics": metrics}
-                    self.bad_evals = 0
-                    if self.ctx.is_main:
-                        save_checkpoint(
-                            self._state() | {"epoch": epoch + 1, "step": self.step}, self.output / "best.pt"
-                        )
-                elif metrics:
-                    self.bad_evals += 1
-            row.update({"step": self.step, "time": time.perf_counter() - t0, "skipped_batches": self.skipped_batches})
-            self.history.append(row)
-            self.epoch = epoch + 1
-            if self.ctx.is_main:
-                save_checkpoint(self._state(), self.output / "last.pt")
-            self._write_metrics(row)
-            self._log(_epoch_line(row, self.recipe.metric, ev.split))
+            self.run_epoch()
             patience = self.recipe.run.early_stopping
             if patience and self.bad_evals >= patience:
                 self._log(f"Early stop: {self.recipe.metric} did not improve in {patience} evaluations.")
