@@ -70,12 +70,10 @@ def main() -> None:
         times["bare"].append(bare())
         times["engine"].append(engine())
     b, e = statistics.median(times["bare"]), statistics.median(times["engine"])
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    )
-    print(
-        f"recipe {recipe.name}: {recipe.model.head}/{recipe.model.backbone}, batch {len(images)}, {args.steps} steps x {args.rounds} rounds"
-    )
+    machine = platform.processor() or platform.machine()
+    print(f"machine: {machine}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    model = f"{recipe.model.head}/{recipe.model.backbone}"
+    print(f"recipe {recipe.name}: {model}, batch {len(images)}, {args.steps} steps x {args.rounds} rounds")
     print(f"bare loop   {b * 1000:8.1f} ms/step   (rounds: {', '.join(f'{t * 1000:.0f}' for t in times['bare'])})")
     print(f"engine      {e * 1000:8.1f} ms/step   (rounds: {', '.join(f'{t * 1000:.0f}' for t in times['engine'])})")
     print(f"engine / bare = {e / b:.3f}  (overhead {100 * (e / b - 1):+.1f}%)")
