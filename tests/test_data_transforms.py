@@ -143,3 +143,15 @@ def test_transform_that_cannot_move_boxes_is_refused_for_detection(monkeypatch: 
     with pytest.raises(ValueError, match=r"MaskOnlyWarp cannot move bounding boxes"):
         build_transforms(cfg, task="detection", train=True)
     assert isinstance(build_transforms(cfg, task="segmentation", train=True), A.Compose)
+
+
+def test_crop_size_crops_training_and_keeps_eval_whole() -> None:
+    import numpy as np
+
+    from resbackbone.data import DataConfig, build_transforms
+
+    cfg = DataConfig(format="shapes", image_size=128, crop_size=64)
+    image, mask = np.zeros((100, 90, 3), np.uint8), np.zeros((100, 90), np.uint8)
+    assert build_transforms(cfg, task="segmentation", train=True)(image=image, mask=mask)["image"].shape == (64, 64, 3)
+    assert build_transforms(cfg, task="segmentation", train=False)(image=image, mask=mask)["image"].shape == (128, 128, 3)
+    assert DataConfig(format="shapes", image_size=64, crop_size=256).crop_hw == (64, 64)

@@ -105,6 +105,10 @@ class DataConfig(BaseModel):
             masks read value v → class v with 255 ignored. Any other value is
             an error naming the mask file.
         image_size: Side of the square network input, or ``[height, width]``.
+        crop_size: Training only: random crops of this size are cut from the
+            resized, padded image (e.g. 256 from 512 keeps small objects large
+            and steps cheap); evaluation sees the whole ``image_size`` input.
+            Default: ``image_size``.
             Default: 128 for ``shapes``, 512 otherwise.
         resize: ``letterbox`` (keep aspect ratio, pad bottom/right) or ``stretch``.
         augment: Training augmentations, each ``{name: <albumentations class>,
@@ -126,6 +130,7 @@ class DataConfig(BaseModel):
     classes: list[str] | None = None
     class_map: dict[int, str | int] | None = None
     image_size: int | tuple[int, int] | None = None
+    crop_size: int | tuple[int, int] | None = None
     resize: Literal["letterbox", "stretch"] = "letterbox"
     augment: list[dict[str, Any]] = Field(default_factory=list)
     ignore_index: int = 255
@@ -145,7 +150,7 @@ class DataConfig(BaseModel):
             raise ValueError(f"classes must be distinct non-empty names; got duplicates or blanks: {dup or value}")
         return names
 
-    @field_validator("image_size")
+    @field_validator("image_size", "crop_size")
     @classmethod
     def _check_size(cls, value: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
         sizes = (value,) if isinstance(value, int) else (value or ())
@@ -200,6 +205,15 @@ class DataConfig(BaseModel):
                 )
             if isinstance(target, int) and not 0 <= target < len(names):
                 raise ValueError(f"data.class_map maps {value} to class index {target}; expected 0..{len(names) - 1}")
+
+    @property
+    def crop_hw(self) -> tuple[int, int]:
+        """The training crop as ``(height, width)``, within ``size_hw``."""
+        if self.crop_size is None:
+            return self.size_hw
+        size = self.crop_size
+        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        return min(h, self.size_hw[0]), min(w, self.size_hw[1])
 
     @property
     def size_hw(self) -> tuple[int, int]:

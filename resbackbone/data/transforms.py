@@ -140,7 +140,7 @@ def build_transforms(cfg: DataConfig, *, task: str, train: bool, mask_fill: int 
     Args:
         cfg: The data config (``image_size``, ``resize``, ``augment``, ``ignore_index``).
         task: ``"detection"`` (adds box parameters) or ``"segmentation"``.
-        train: Include the recipe's augmentations and a random crop.
+        train: Include the recipe's augmentations and a random crop (``crop_size``).
         mask_fill: Mask value of padded pixels (the loader's internal ignore code).
 
     Returns:
@@ -168,7 +168,8 @@ def build_transforms(cfg: DataConfig, *, task: str, train: bool, mask_fill: int 
             min_height=h, min_width=w, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=mask_fill
         )
     )
-    steps.append(A.RandomCrop(height=h, width=w) if train else A.Crop(x_min=0, y_min=0, x_max=w, y_max=h))
+    ch, cw = cfg.crop_hw
+    steps.append(A.RandomCrop(height=ch, width=cw) if train else A.Crop(x_min=0, y_min=0, x_max=w, y_max=h))
     bbox_params = None
     if task == "detection":
         bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True, filter_invalid_bboxes=True)
