@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_writers import picture, save, voc_xml, write_coco, write_mask_folder, write_voc, write_yolo
 
 from resbackbone.data import DataConfig, DataError, DataWarning, Problem, build_dataset, check_dataset
+
+from .data_writers import picture, save, voc_xml, write_coco, write_mask_folder, write_voc, write_yolo
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_writers import palette_png, picture, save, write_coco, write_mask_folder, write_voc, write_yolo
 from PIL import Image
 
 from resbackbone.data import DataConfig, DataError, build_dataset, class_names, read_image, read_mask
 from resbackbone.data.images import apply_window
+
+from .data_writers import palette_png, picture, save, write_coco, write_mask_folder, write_voc, write_yolo
 
 MEAN, STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 

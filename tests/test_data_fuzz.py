@@ -8,11 +8,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from data_writers import picture, save
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resbackbone.data import DataConfig, DataError, DataWarning, build_dataset, check_dataset
+
+from .data_writers import picture, save
 
 FUZZ = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)

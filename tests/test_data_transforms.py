@@ -8,9 +8,10 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
-from data_writers import picture, write_coco, write_mask_folder
 
 from resbackbone.data import DataConfig, build_dataset, build_transforms
+
+from .data_writers import picture, write_coco, write_mask_folder
 
 MEAN, STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 BRIGHT = 220 / 255
@@ -153,5 +154,9 @@ def test_crop_size_crops_training_and_keeps_eval_whole() -> None:
     cfg = DataConfig(format="shapes", image_size=128, crop_size=64)
     image, mask = np.zeros((100, 90, 3), np.uint8), np.zeros((100, 90), np.uint8)
     assert build_transforms(cfg, task="segmentation", train=True)(image=image, mask=mask)["image"].shape == (64, 64, 3)
-    assert build_transforms(cfg, task="segmentation", train=False)(image=image, mask=mask)["image"].shape == (128, 128, 3)
+    assert build_transforms(cfg, task="segmentation", train=False)(image=image, mask=mask)["image"].shape == (
+        128,
+        128,
+        3,
+    )
     assert DataConfig(format="shapes", image_size=64, crop_size=256).crop_hw == (64, 64)
