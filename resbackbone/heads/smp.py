@@ -340,17 +340,17 @@ def register_smp_encoders(prefix: str = "rb-") -> list[str]:
             "own 'tu-' and 'timm-', such as 'rb-'."
         )
     encoders = smp.encoders.encoders
-    names = []
-    for backbone in list_backbones(include_hidden=True):
-        name = prefix + backbone
-        entry = encoders.get(name)
-        if entry is not None and _backbone_of(name) is None:
-            raise ValueError(f"register_smp_encoders(): {name!r} is one of smp's own encoders; choose another prefix.")
+    names = {prefix + backbone: backbone for backbone in list_backbones(include_hidden=True)}
+    clashes = [name for name in names if name in encoders and _backbone_of(name) is None]
+    if clashes:
+        raise ValueError(
+            f"register_smp_encoders(): {clashes[0]!r} is one of smp's own encoders; choose another prefix."
+        )
+    for name, backbone in names.items():
         encoders[name] = {
             "encoder": ResBackboneEncoder,
             "pretrained_settings": _NoHubWeights(name),
             "params": {"backbone": backbone},
         }
-        names.append(name)
     _route_get_encoder()
-    return names
+    return list(names)
