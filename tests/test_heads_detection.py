@@ -283,6 +283,11 @@ def test_retinanet_checkpoint_with_other_num_classes_reinitialises_the_classifie
             assert torch.equal(state[key], value), key
     assert model.head.classification_head.cls_logits.out_channels == 9 * 7
     assert isinstance(model.backbone.body.bn1, torchvision.ops.FrozenBatchNorm2d)  # pretrained: frozen, as torchvision
+    gray = build_detector(
+        "retinanet", backbone="test_resnet_bottleneck", num_classes=4, in_chans=1, weights=source.state_dict()
+    )
+    assert gray.load_report.adapted == ("backbone.body.conv1.0.weight",)
+    assert gray.transform.image_mean == [sum(source.transform.image_mean) / 3]
 
 
 def test_checkpoint_of_another_layout_is_refused(tmp_path: Path) -> None:

@@ -307,7 +307,8 @@ def build_detector(
             the class-dependent layers are re-initialised; ``model.load_report`` says which.
         backbone_weights: Backbone weight string (``"imagenet"``, …), as for
             :func:`~resbackbone.create_backbone`.
-        trainable_stages: Backbone stages trained, counted from C5 (0–5; ``None`` all).
+        trainable_stages: Backbone stages trained, counted from C5 (0–5; ``None`` all);
+            applied to a built backbone too.
         min_size: Images are resized so their short side is ``min_size``…
         max_size: …and their long side at most ``max_size``.
         anchor_sizes: One tuple of sizes per pyramid map; ``None`` follows the strides.

@@ -66,7 +66,8 @@ def _stem_feature(backbone: Backbone) -> tuple[str, int]:
     backbone.eval()
     try:
         with torch.no_grad():
-            backbone(torch.zeros(1, backbone.in_chans, size, size))
+            param = next(backbone.parameters())
+            backbone(torch.zeros(1, backbone.in_chans, size, size, device=param.device, dtype=param.dtype))
     finally:
         for handle in handles:
             handle.remove()
@@ -99,8 +100,9 @@ def _norm_of(backbone: Backbone) -> str:
 def rebuild_backbone(backbone: Backbone, *, output_stride: int | None = None, in_chans: int | None = None) -> Backbone:
     """The same backbone built with another output stride or input width, its weights carried over.
 
-    Norm, levels, drop-path rate, trainable stages, gradient checkpointing and
-    the weight label are kept; a 3-channel first conv is adapted to ``in_chans``.
+    Norm, levels, drop-path rate, trainable stages, gradient checkpointing, the
+    weight label, device and dtype are kept; a 3-channel first conv is adapted
+    to ``in_chans``.
 
     Raises:
         ValueError: ``in_chans`` changes a first conv that is not RGB.
@@ -127,6 +129,8 @@ def rebuild_backbone(backbone: Backbone, *, output_stride: int | None = None, in
     )
     new.weights, new.load_report = backbone.weights, backbone.load_report
     new.mean, new.std = adapt_stats(backbone.mean, new_in), adapt_stats(backbone.std, new_in)
+    param = next(backbone.parameters())
+    new.to(device=param.device, dtype=param.dtype)
     new.train(backbone.training)
     return new
 
