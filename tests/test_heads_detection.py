@@ -137,12 +137,15 @@ def test_fpn_bad_input() -> None:
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_user_code_faster_rcnn_and_mask_rcnn(name: str) -> None:
+def test_user_code_faster_rcnn(name: str) -> None:
     backbone = create_backbone(name, trainable_stages=3)
     model = FasterRCNN(build_fpn(backbone, out_channels=64), num_classes=3, min_size=64, max_size=96, **LIGHT)
     _train_step(model, backbone)
     _check_detections(model, 3)
 
+
+@pytest.mark.parametrize("name", TINY)
+def test_user_code_mask_rcnn(name: str) -> None:
     backbone = create_backbone(name, trainable_stages=3)
     model = MaskRCNN(build_fpn(backbone, out_channels=64), num_classes=3, min_size=64, max_size=96, **LIGHT)
     losses = _train_step(model, backbone, masks=True)

@@ -187,8 +187,18 @@ def build_fpn(
 class _CheckedTransform(GeneralizedRCNNTransform):
     """torchvision's detection transform, with the input checks that name the problem."""
 
-    def __init__(self, *args: Any, in_chans: int, num_classes: int, first_label: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        min_size: int,
+        max_size: int,
+        image_mean: list[float],
+        image_std: list[float],
+        *,
+        in_chans: int,
+        num_classes: int,
+        first_label: int,
+    ) -> None:
+        super().__init__(min_size, max_size, image_mean, image_std)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.first_label = first_label
