@@ -137,12 +137,15 @@ def test_fpn_bad_input() -> None:
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_user_code_faster_rcnn_and_mask_rcnn(name: str) -> None:
+def test_user_code_faster_rcnn(name: str) -> None:
     backbone = create_backbone(name, trainable_stages=3)
     model = FasterRCNN(build_fpn(backbone, out_channels=64), num_classes=3, min_size=64, max_size=96, **LIGHT)
     _train_step(model, backbone)
     _check_detections(model, 3)
 
+
+@pytest.mark.parametrize("name", TINY)
+def test_user_code_mask_rcnn(name: str) -> None:
     backbone = create_backbone(name, trainable_stages=3)
     model = MaskRCNN(build_fpn(backbone, out_channels=64), num_classes=3, min_size=64, max_size=96, **LIGHT)
     losses = _train_step(model, backbone, masks=True)
@@ -283,6 +286,11 @@ def test_retinanet_checkpoint_with_other_num_classes_reinitialises_the_classifie
             assert torch.equal(state[key], value), key
     assert model.head.classification_head.cls_logits.out_channels == 9 * 7
     assert isinstance(model.backbone.body.bn1, torchvision.ops.FrozenBatchNorm2d)  # pretrained: frozen, as torchvision
+    gray = build_detector(
+        "retinanet", backbone="test_resnet_bottleneck", num_classes=4, in_chans=1, weights=source.state_dict()
+    )
+    assert gray.load_report.adapted == ("backbone.body.conv1.0.weight",)
+    assert gray.transform.image_mean == [sum(source.transform.image_mean) / 3]
 
 
 def test_checkpoint_of_another_layout_is_refused(tmp_path: Path) -> None:

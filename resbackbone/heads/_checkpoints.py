@@ -152,10 +152,7 @@ def load_head_checkpoint(
             if value.shape == target[key].shape:
                 loaded[key] = value
             elif key.startswith(tuple(class_layers)):
-                ignored[key] = (
-                    f"class-dependent, re-initialised (checkpoint {tuple(value.shape)}, "
-                    f"model {tuple(target[key].shape)})"
-                )
+                ignored[key] = "class-dependent, re-initialised (num_classes differs)"
             else:
                 mismatched.append((key, tuple(value.shape), tuple(target[key].shape)))
         elif key.endswith("num_batches_tracked"):

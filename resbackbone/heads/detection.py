@@ -187,8 +187,18 @@ def build_fpn(
 class _CheckedTransform(GeneralizedRCNNTransform):
     """torchvision's detection transform, with the input checks that name the problem."""
 
-    def __init__(self, *args: Any, in_chans: int, num_classes: int, first_label: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        min_size: int,
+        max_size: int,
+        image_mean: list[float],
+        image_std: list[float],
+        *,
+        in_chans: int,
+        num_classes: int,
+        first_label: int,
+    ) -> None:
+        super().__init__(min_size, max_size, image_mean, image_std)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.first_label = first_label
@@ -307,7 +317,8 @@ def build_detector(
             the class-dependent layers are re-initialised; ``model.load_report`` says which.
         backbone_weights: Backbone weight string (``"imagenet"``, …), as for
             :func:`~resbackbone.create_backbone`.
-        trainable_stages: Backbone stages trained, counted from C5 (0–5; ``None`` all).
+        trainable_stages: Backbone stages trained, counted from C5 (0–5; ``None`` all);
+            applied to a built backbone too.
         min_size: Images are resized so their short side is ``min_size``…
         max_size: …and their long side at most ``max_size``.
         anchor_sizes: One tuple of sizes per pyramid map; ``None`` follows the strides.

@@ -164,7 +164,7 @@ class SmpSegmenter(Segmenter):
     def __init__(self, arch: str, model: nn.Module, aux_classifier: nn.Module | None, *, num_classes: int) -> None:
         super().__init__(arch, num_classes, aux_classifier)
         self.model = model
-        self.size_divisor = model.encoder.output_stride if model.requires_divisible_input_shape else 1
+        self.size_divisor = model.encoder.output_stride if getattr(model, "requires_divisible_input_shape", True) else 1
 
     @property
     def backbone(self) -> Backbone:  # type: ignore[override]
@@ -243,7 +243,8 @@ def build_segmenter(
             32 for FPN, 32/16/8 for U-Net (default 32).
         aux_loss: Add an FCN head on C4; in training the model then returns
             ``{"out": logits, "aux": aux_logits}``.
-        trainable_stages: Backbone stages trained, counted from C5 (0–5; ``None`` all).
+        trainable_stages: Backbone stages trained, counted from C5 (0–5; ``None`` all);
+            applied to a built backbone too.
         in_chans: Input channels; the first conv and ``mean``/``std`` are adapted.
 
     Returns:

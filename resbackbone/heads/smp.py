@@ -66,7 +66,8 @@ def _stem_feature(backbone: Backbone) -> tuple[str, int]:
     backbone.eval()
     try:
         with torch.no_grad():
-            backbone(torch.zeros(1, backbone.in_chans, size, size))
+            param = next(backbone.parameters())
+            backbone(torch.zeros(1, backbone.in_chans, size, size, device=param.device, dtype=param.dtype))
     finally:
         for handle in handles:
             handle.remove()
@@ -99,8 +100,9 @@ def _norm_of(backbone: Backbone) -> str:
 def rebuild_backbone(backbone: Backbone, *, output_stride: int | None = None, in_chans: int | None = None) -> Backbone:
     """The same backbone built with another output stride or input width, its weights carried over.
 
-    Norm, levels, drop-path rate, trainable stages, gradient checkpointing and
-    the weight label are kept; a 3-channel first conv is adapted to ``in_chans``.
+    Norm, levels, drop-path rate, trainable stages, gradient checkpointing, the
+    weight label, device and dtype are kept; a 3-channel first conv is adapted
+    to ``in_chans``.
 
     Raises:
         ValueError: ``in_chans`` changes a first conv that is not RGB.
@@ -127,6 +129,8 @@ def rebuild_backbone(backbone: Backbone, *, output_stride: int | None = None, in
     )
     new.weights, new.load_report = backbone.weights, backbone.load_report
     new.mean, new.std = adapt_stats(backbone.mean, new_in), adapt_stats(backbone.std, new_in)
+    param = next(backbone.parameters())
+    new.to(device=param.device, dtype=param.dtype)
     new.train(backbone.training)
     return new
 
@@ -340,17 +344,17 @@ def register_smp_encoders(prefix: str = "rb-") -> list[str]:
             "own 'tu-' and 'timm-', such as 'rb-'."
         )
     encoders = smp.encoders.encoders
-    names = []
-    for backbone in list_backbones(include_hidden=True):
-        name = prefix + backbone
-        entry = encoders.get(name)
-        if entry is not None and _backbone_of(name) is None:
-            raise ValueError(f"register_smp_encoders(): {name!r} is one of smp's own encoders; choose another prefix.")
+    names = {prefix + backbone: backbone for backbone in list_backbones(include_hidden=True)}
+    clashes = [name for name in names if name in encoders and _backbone_of(name) is None]
+    if clashes:
+        raise ValueError(
+            f"register_smp_encoders(): {clashes[0]!r} is one of smp's own encoders; choose another prefix."
+        )
+    for name, backbone in names.items():
         encoders[name] = {
             "encoder": ResBackboneEncoder,
             "pretrained_settings": _NoHubWeights(name),
             "params": {"backbone": backbone},
         }
-        names.append(name)
     _route_get_encoder()
-    return names
+    return list(names)
