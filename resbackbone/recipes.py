@@ -56,7 +56,8 @@ class ModelConfig(_Section):
         backbone: Registry name (``resbackbone list``).
         backbone_weights: Weight string for the backbone (``imagenet``, a file…); ``null`` for random init.
         weights: Weight string for the whole model (``torchvision:COCO_V1``, a file).
-        output_stride: Segmentation heads: 8 or 16 (dilated last stages).
+        output_stride: Segmentation heads: 8 or 16 (dilated last stages); ``null`` lets the head
+            choose (16 for DeepLab, 32 for FPN and U-Net).
         trainable_stages: Backbone stages trained, 0–5 from C5 down; ``null`` trains all.
         norm: ``bn``, ``frozen_bn``, ``gn`` or ``sync_bn``; ``null`` lets the head choose
             (frozen BN for a pretrained detector backbone, BN otherwise).
@@ -74,7 +75,7 @@ class ModelConfig(_Section):
     backbone: str = "resnet50"
     backbone_weights: str | None = "imagenet"
     weights: str | None = None
-    output_stride: int = 16
+    output_stride: int | None = None
     trainable_stages: int | None = 3
     norm: str | None = None
     freeze_backbone_epochs: int = Field(default=0, ge=0)
@@ -95,7 +96,7 @@ class ModelConfig(_Section):
         from .registry import get_spec
 
         get_spec(self.backbone)
-        if self.output_stride not in OUTPUT_STRIDES:
+        if self.output_stride is not None and self.output_stride not in OUTPUT_STRIDES:
             raise ValueError(f"output_stride={self.output_stride} is not valid: expected one of {OUTPUT_STRIDES}")
         if self.norm is not None and self.norm not in NORMS:
             raise ValueError(f"norm={self.norm!r} is not valid: expected one of {NORMS}")

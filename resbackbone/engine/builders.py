@@ -47,7 +47,7 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
             m.backbone,
             weights=backbone_weights,
             out_levels=levels,
-            output_stride=32 if detection else m.output_stride,
+            output_stride=32 if detection else (m.output_stride or (16 if m.head.startswith("deeplab") else 32)),
             in_chans=m.in_chans,
             norm=m.norm,
             trainable_stages=m.trainable_stages,
