@@ -89,12 +89,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from .engine import Trainer
+    from .engine import Trainer, distributed
     from .recipes import load_recipe
 
     recipe = load_recipe(args.recipe, overrides=args.set, data_root=args.data)
     output = Path(args.output) if args.output else None
-    Trainer(recipe, resume=args.resume, progress=not args.no_progress, output=output).fit()
+    try:
+        Trainer(recipe, resume=args.resume, progress=not args.no_progress, output=output).fit()
+    finally:
+        distributed.teardown()
     return 0
 
 
