@@ -1,4 +1,4 @@
-"""Command line: ``resbackbone list|info|finetune|evaluate|predict|data``.
+"""Command line: ``resbackbone list|info|finetune|evaluate|predict|data|bench``.
 
 Run ``resbackbone --help`` or ``resbackbone COMMAND --help``.
 """
@@ -134,6 +134,12 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_from_args
+
+    return run_from_args(args)
+
+
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML file, e.g. recipes/quickstart.yaml")
     p.add_argument("--data", metavar="PATH", help="dataset root folder, replacing data.root")
@@ -189,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = data_sub.add_parser("check", help="report every problem of a recipe's dataset at once")
     _add_recipe_args(q)
     q.set_defaults(func=_cmd_data_check)
+
+    from .bench import add_arguments as add_bench_arguments
+
+    p = sub.add_parser("bench", help="C2–C5 extraction speed, memory and error side by side with timm/torchvision/smp")
+    add_bench_arguments(p)
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
