@@ -31,7 +31,8 @@ def test_backbone_on_cuda_matches_cpu(name: str) -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             low = backbone(x.cuda())
     for level, ref in reference.items():
-        torch.testing.assert_close(gpu[level].float().cpu(), ref, rtol=1e-3, atol=1e-3)
+        # cuDNN may use TF32 for fp32 convolutions: compare relative to the feature's norm
+        assert ((gpu[level].float().cpu() - ref).norm() / ref.norm()) < 5e-3
         assert low[level].dtype == torch.bfloat16
         assert ((low[level].float().cpu() - ref).norm() / ref.norm()) < 0.05
 
