@@ -54,10 +54,11 @@ def _link_escapes(member: str, target: str, *, hard: bool) -> bool:
     return joined == ".." or joined.startswith("../")
 
 
-def _refuse(archive: Path, member: str, why: str) -> UnsafeArchiveError:
+def _refuse(archive: Path, member: str, why: str, *, started: bool = False) -> UnsafeArchiveError:
+    done = "Extraction stopped there" if started else "Nothing was extracted"
     return UnsafeArchiveError(
         f"Archive {archive} is refused: member {member!r} {why}, which could write outside the target folder. "
-        "Nothing was extracted. The file is damaged or not the published archive; delete it and download it again "
+        f"{done}. The file is damaged or not the published archive; delete it and download it again "
         "from the official source."
     )
 
@@ -108,8 +109,10 @@ def extract_archive(path: str | Path, dest: str | Path) -> Path:
 
     Args:
         path: The archive (zip, tar, tar.gz, tar.bz2, tar.xz).
-        dest: Target folder (created if missing). Callers extract into a
-            temporary folder, so a refused archive leaves nothing behind.
+        dest: Target folder (created if missing). Extract into a temporary
+            folder and delete it on error: the members checked here are refused
+            before anything is written, but a refusal by tarfile's own filter
+            (a second line of defence) comes mid-extraction.
 
     Returns:
         ``dest`` as a ``Path``.
@@ -139,7 +142,8 @@ def extract_archive(path: str | Path, dest: str | Path) -> Path:
                 tf.extractall(dest, members=members, filter="data")
             except tarfile.FilterError as exc:
                 member = exc.tarinfo.name if exc.tarinfo is not None else "?"
-                raise _refuse(path, member, f"was refused by tarfile's data filter ({exc})") from exc
+                why = f"was refused by tarfile's data filter ({exc})"
+                raise _refuse(path, member, why, started=True) from exc
         else:
             tf.extractall(dest, members=members)
     return dest

@@ -92,8 +92,8 @@ def manual_instructions(entry: DatasetEntry, root: Path | None = None) -> str:
     where = root / entry.name if root is not None else Path("<folder>")
     configs = "; ".join(data_yaml(d, where) for d in entry.data)
     return (
-        f"{entry.title} cannot be downloaded automatically: {entry.manual} "
-        f"Then lay it out as: {entry.layout_text}; point data.root at that folder (or pass --data), "
+        f"{entry.title} cannot be downloaded automatically: {entry.manual} See {entry.homepage}. "
+        f"Then lay it out as: {entry.layout_text.rstrip('.')}. Point data.root at that folder (or pass --data), "
         f"e.g. data: {configs}"
     )
 
