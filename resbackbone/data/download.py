@@ -138,7 +138,7 @@ def _fetch(
             download_url(url, dst, sha256=expected, progress=progress, timeout=timeout)
             break
         except DownloadError as exc:
-            errors.append(str(exc).split(" Without network access")[0])
+            errors.append(str(exc).split(" Without network access")[0].rstrip(". "))
     else:
         raise DownloadError(
             f"{entry.title}: {archive.filename} could not be downloaded ({'; '.join(errors)}). "
@@ -246,7 +246,7 @@ def download_dataset(
         >>> DataConfig(format="mask_folder", root=path, train="train", val="val")  # doctest: +SKIP
     """
     entry = name if isinstance(name, DatasetEntry) else get_entry(name)
-    base = Path(root).expanduser() if root is not None else cache_dir("datasets")
+    base = Path(root).expanduser().absolute() if root is not None else cache_dir("datasets")
     target = base / entry.name
     if entry.manual or entry.layout is None:
         raise DownloadError(manual_instructions(entry, Path(root) if root is not None else None))

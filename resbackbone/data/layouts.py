@@ -75,7 +75,7 @@ def find_folder(src: Path, required: tuple[str, ...], *, what: str, max_depth: i
         for folder in level:
             if all((folder / name).exists() for name in required):
                 return folder
-        level = sorted(p for folder in level for p in folder.iterdir() if p.is_dir())
+        level = sorted(p for folder in level for p in folder.iterdir() if p.is_dir() and p.name != "__MACOSX")
     found = sorted(p.name for p in src.iterdir())[:10]
     raise ValueError(
         f"The {what} archive has no folder holding {list(required)} (its top level holds {found}). "
@@ -84,7 +84,11 @@ def find_folder(src: Path, required: tuple[str, ...], *, what: str, max_depth: i
 
 
 def _images(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
+    return {
+        p.stem: p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("._")  # macOS metadata
+    }
 
 
 def _save_png(path: Path, array: np.ndarray) -> None:
@@ -188,7 +192,11 @@ def dsb2018_layout(src: Path, out: Path) -> None:
     label per nucleus mask in file-name order; overlaps go to the later mask)
     and ``<split>.txt`` (80/10/10).
     """
-    samples = sorted(d.parent for d in src.rglob("images") if d.is_dir() and (d / f"{d.parent.name}.png").is_file())
+    samples = sorted(
+        d.parent
+        for d in src.rglob("images")
+        if d.is_dir() and (d / f"{d.parent.name}.png").is_file() and "__MACOSX" not in d.parts
+    )
     if not samples:
         find_folder(src, ("images", "masks"), what="DSB2018")  # raises with what the archive holds
     for sample in samples:
