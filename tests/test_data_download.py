@@ -375,6 +375,14 @@ def test_escaping_archive_is_refused_and_leaves_nothing(
     assert not any(p.name.startswith("evil") for p in files_under(tmp_path))
 
 
+def test_truncated_archive_is_reported_and_leaves_no_dataset(http_server: tuple[str, Path], tmp_path: Path) -> None:
+    data = _tar(kvasir_files())
+    entry = serve(http_server, "kvasir_seg", data[: len(data) // 2], "kvasir-seg.tar.gz")
+    with pytest.raises(ValueError, match=r"kvasir-seg\.tar\.gz is damaged or truncated"):
+        download_dataset(entry, root=tmp_path / "data", progress=False)
+    assert files_under(tmp_path / "data") == [tmp_path / "data" / "archives" / "kvasir-seg.tar.gz"]
+
+
 def test_links_inside_the_folder_are_extracted(tmp_path: Path) -> None:
     archive = tmp_path / "ok.tar.gz"
     archive.write_bytes(_tar({"a/file.txt": b"hi"}, links={"a/link.txt": (tarfile.SYMTYPE, "file.txt")}))

@@ -21,6 +21,7 @@ import re
 import stat
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 __all__ = ["UnsafeArchiveError", "archive_kind", "extract_archive"]
@@ -120,7 +121,7 @@ def extract_archive(path: str | Path, dest: str | Path) -> Path:
     Raises:
         UnsafeArchiveError: A member has an absolute path, a ``..`` component,
             is a link out of ``dest`` or a special file (the member is named).
-        ValueError: The file is not a zip or tar archive.
+        ValueError: The file is not a zip or tar archive, or it is damaged.
 
     Example:
         >>> extract_archive("kvasir-seg.zip", "/tmp/x")  # doctest: +SKIP
@@ -129,21 +130,28 @@ def extract_archive(path: str | Path, dest: str | Path) -> Path:
     path, dest = Path(path), Path(dest)
     kind = archive_kind(path)
     dest.mkdir(parents=True, exist_ok=True)
-    if kind == "zip":
-        with zipfile.ZipFile(path) as zf:
-            _check_zip(path, zf)
-            zf.extractall(dest)
-        return dest
-    with tarfile.open(path, "r:*") as tf:
-        members = tf.getmembers()
-        _check_tar(path, members)
-        if _HAS_DATA_FILTER:
-            try:
-                tf.extractall(dest, members=members, filter="data")
-            except tarfile.FilterError as exc:
-                member = exc.tarinfo.name if exc.tarinfo is not None else "?"
-                why = f"was refused by tarfile's data filter ({exc})"
-                raise _refuse(path, member, why, started=True) from exc
+    try:
+        if kind == "zip":
+            with zipfile.ZipFile(path) as zf:
+                _check_zip(path, zf)
+                zf.extractall(dest)
         else:
-            tf.extractall(dest, members=members)
+            with tarfile.open(path, "r:*") as tf:
+                members = tf.getmembers()
+                _check_tar(path, members)
+                _extract_tar(path, tf, members, dest)
+    except (zipfile.BadZipFile, tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error) as exc:
+        raise ValueError(f"Archive {path} is damaged or truncated ({exc}); delete it and download it again.") from exc
     return dest
+
+
+def _extract_tar(path: Path, tf: tarfile.TarFile, members: list[tarfile.TarInfo], dest: Path) -> None:
+    if not _HAS_DATA_FILTER:
+        tf.extractall(dest, members=members)
+        return
+    try:
+        tf.extractall(dest, members=members, filter="data")
+    except tarfile.FilterError as exc:
+        member = exc.tarinfo.name if exc.tarinfo is not None else "?"
+        why = f"was refused by tarfile's data filter ({exc})"
+        raise _refuse(path, member, why, started=True) from exc

@@ -267,10 +267,11 @@ def download_dataset(
         raise ValueError(f"sha256 pins a single archive, but {entry.name} has {len(entry.archives)}; leave it out")
     base.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(base, entry.name)
-    fetched = [
-        _fetch(entry, a, base / "archives", sha256=sha256, trust=trust, progress=progress, timeout=timeout)
-        for a in entry.archives
-    ]
+    fetched = []
+    for archive in entry.archives:  # a loop, not a comprehension: the trust warning points at the caller
+        fetched.append(
+            _fetch(entry, archive, base / "archives", sha256=sha256, trust=trust, progress=progress, timeout=timeout)
+        )
     work = base / f".{entry.name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     try:
