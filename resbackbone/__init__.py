@@ -12,6 +12,18 @@ from .weights import LoadReport, load_weights
 
 __version__ = "0.1.0"
 
+_HEADS = ("build_detector", "build_fpn", "build_segmenter")
+
+
+def __getattr__(name: str) -> object:
+    # The heads import torchvision's detection and segmentation models: loaded on first use.
+    if name in _HEADS:
+        from . import heads
+
+        return getattr(heads, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "LEVELS",
     "Backbone",
@@ -22,6 +34,9 @@ __all__ = [
     "StageSpec",
     "WeightSpec",
     "__version__",
+    "build_detector",
+    "build_fpn",
+    "build_segmenter",
     "create_backbone",
     "get_spec",
     "list_backbones",

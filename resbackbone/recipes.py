@@ -56,9 +56,11 @@ class ModelConfig(_Section):
         backbone: Registry name (``resbackbone list``).
         backbone_weights: Weight string for the backbone (``imagenet``, a file…); ``null`` for random init.
         weights: Weight string for the whole model (``torchvision:COCO_V1``, a file).
-        output_stride: Segmentation heads: 8 or 16 (dilated last stages).
+        output_stride: Segmentation heads: 8 or 16 (dilated last stages); ``null`` lets the head
+            choose (16 for DeepLab, 32 for FPN and U-Net).
         trainable_stages: Backbone stages trained, 0–5 from C5 down; ``null`` trains all.
-        norm: ``bn``, ``frozen_bn``, ``gn`` or ``sync_bn``.
+        norm: ``bn``, ``frozen_bn``, ``gn`` or ``sync_bn``; ``null`` lets the head choose
+            (frozen BN for a pretrained detector backbone, BN otherwise).
         freeze_backbone_epochs: Train the head alone for this many epochs first.
         aux_loss: DeepLabV3: add the auxiliary FCN head on C4 (weight 0.4).
         in_chans: Input channels (1 for grayscale); pretrained RGB filters are adapted.
@@ -73,9 +75,9 @@ class ModelConfig(_Section):
     backbone: str = "resnet50"
     backbone_weights: str | None = "imagenet"
     weights: str | None = None
-    output_stride: int = 16
+    output_stride: int | None = None
     trainable_stages: int | None = 3
-    norm: str = "bn"
+    norm: str | None = None
     freeze_backbone_epochs: int = Field(default=0, ge=0)
     aux_loss: bool = False
     in_chans: int = Field(default=3, ge=1)
@@ -94,9 +96,9 @@ class ModelConfig(_Section):
         from .registry import get_spec
 
         get_spec(self.backbone)
-        if self.output_stride not in OUTPUT_STRIDES:
+        if self.output_stride is not None and self.output_stride not in OUTPUT_STRIDES:
             raise ValueError(f"output_stride={self.output_stride} is not valid: expected one of {OUTPUT_STRIDES}")
-        if self.norm not in NORMS:
+        if self.norm is not None and self.norm not in NORMS:
             raise ValueError(f"norm={self.norm!r} is not valid: expected one of {NORMS}")
         if self.trainable_stages is not None and not 0 <= self.trainable_stages <= 5:
             raise ValueError(f"trainable_stages={self.trainable_stages} is not valid: expected 0–5 or null")
@@ -321,7 +323,9 @@ def _format_errors(exc: ValidationError, source: str) -> str:
             lines.append(f"  {path}: required key is missing")
         else:
             message = error["msg"].removeprefix("Value error, ")
-            lines.append(f"  {path}: {message} (got {error.get('input')!r})")
+            value = error.get("input")
+            got = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+            lines.append(f"  {path}: {message}{got}")
     return f"Invalid recipe {source}:\n" + "\n".join(dict.fromkeys(lines))
 
 

@@ -63,8 +63,10 @@ def test_unknown_backbone_in_recipe(tmp_path: Path) -> None:
 
 
 def test_head_must_fit_data_format(tmp_path: Path) -> None:
-    path = _write(tmp_path, BASE.replace("format: shapes, image_size: 64", "format: voc, root: .").replace(
-        "deeplabv3plus", "deeplabv3"))
+    path = _write(
+        tmp_path,
+        BASE.replace("format: shapes, image_size: 64", "format: voc, root: .").replace("deeplabv3plus", "deeplabv3"),
+    )
     with pytest.raises(RecipeError, match=r"segmentation head, but data\.format 'voc' holds detection annotations"):
         load_recipe(path)
 
@@ -113,12 +115,18 @@ def test_data_override_must_exist(tmp_path: Path) -> None:
 
 def test_data_override_refused_for_builtin_dataset(tmp_path: Path) -> None:
     path = _write(tmp_path, BASE)
-    with pytest.raises(RecipeError, match=r"built-in generated dataset \(format 'shapes'\), which takes no data folder"):
+    with pytest.raises(
+        RecipeError, match=r"built-in generated dataset \(format 'shapes'\), which takes no data folder"
+    ):
         load_recipe(path, data_root=tmp_path)
 
 
 def test_relative_root_resolves_against_the_recipe(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
-    path = _write(tmp_path, BASE.replace("format: shapes, image_size: 64", "format: voc, root: data").replace(
-        "deeplabv3plus", "faster_rcnn"))
+    path = _write(
+        tmp_path,
+        BASE.replace("format: shapes, image_size: 64", "format: voc, root: data").replace(
+            "deeplabv3plus", "faster_rcnn"
+        ),
+    )
     assert load_recipe(path).data.root == (tmp_path / "data").resolve()

@@ -11,7 +11,17 @@ from torch import nn
 from ..backbone import Backbone
 from ..recipes import OptimConfig, Recipe
 
-__all__ = ["build_model", "build_optimizer", "build_scheduler", "find_backbone"]
+__all__ = ["build_model", "build_optimizer", "build_scheduler", "find_backbone", "input_normalization"]
+
+
+_HEAD_LEVELS: dict[str, tuple[str, ...]] = {
+    "faster_rcnn": ("C2", "C3", "C4", "C5"),
+    "retinanet": ("C3", "C4", "C5"),
+    "deeplabv3": ("C5",),
+    "deeplabv3plus": ("C2", "C3", "C4", "C5"),
+    "fpn": ("C2", "C3", "C4", "C5"),
+    "unet": ("C2", "C3", "C4", "C5"),
+}
 
 
 def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
@@ -19,31 +29,48 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
 
     ``num_classes`` counts what the head predicts: object classes plus
     background for detection, mask classes (background included) for segmentation.
+    With ``model.norm`` unset each head picks its norm (frozen BN for pretrained
+    detectors, as torchvision does); set, the backbone is built here with it.
     """
+    from ..backbone import create_backbone
     from ..heads import build_detector, build_segmenter
 
     m = recipe.model
     backbone_weights = m.backbone_weights if m.weights is None else None
-    if recipe.task == "detection":
-        size = recipe.data.image_size or 512
-        side = max(size) if isinstance(size, (tuple, list)) else size
+    detection = recipe.task == "detection"
+    backbone: str | Backbone = m.backbone
+    if m.norm is not None:
+        levels = _HEAD_LEVELS[m.head]
+        if m.head == "deeplabv3" and m.aux_loss:
+            levels = ("C4", "C5")
+        backbone = create_backbone(
+            m.backbone,
+            weights=backbone_weights,
+            out_levels=levels,
+            output_stride=32 if detection else (m.output_stride or (16 if m.head.startswith("deeplab") else 32)),
+            in_chans=m.in_chans,
+            norm=m.norm,
+            trainable_stages=m.trainable_stages,
+        )
+        backbone_weights = None
+    if detection:
+        side = max(recipe.data.size_hw)
         return build_detector(
             m.head,
-            backbone=m.backbone,
+            backbone=backbone,
             num_classes=num_classes,
             weights=m.weights,
             backbone_weights=backbone_weights,
             trainable_stages=m.trainable_stages,
             min_size=m.min_size or side,
             max_size=m.max_size or side,
-            anchor_sizes=tuple(tuple(a) for a in m.anchor_sizes) if m.anchor_sizes else None,
+            anchor_sizes=m.anchor_sizes,
             score_thresh=m.score_thresh,
             in_chans=m.in_chans,
-            norm=m.norm,
         )
     return build_segmenter(
         m.head,
-        backbone=m.backbone,
+        backbone=backbone,
         num_classes=num_classes,
         weights=m.weights,
         backbone_weights=backbone_weights,
@@ -51,7 +78,6 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
         aux_loss=m.aux_loss,
         trainable_stages=m.trainable_stages,
         in_chans=m.in_chans,
-        norm=m.norm,
     )
 
 
@@ -61,6 +87,17 @@ def find_backbone(model: nn.Module) -> Backbone:
         if isinstance(module, Backbone):
             return module
     raise TypeError(f"{type(model).__name__} holds no resbackbone Backbone.")
+
+
+def input_normalization(backbone: Backbone, task: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The ``(mean, std)`` the data pipeline applies before the model.
+
+    torchvision detectors normalise inside the model (with the backbone's
+    mean/std), so detection data stays in [0, 1]; segmenters take normalised input.
+    """
+    if task == "detection":
+        return (0.0,) * backbone.in_chans, (1.0,) * backbone.in_chans
+    return backbone.mean, backbone.std
 
 
 def _param_groups(model: nn.Module, backbone: Backbone, cfg: OptimConfig) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..recipes import Recipe
-from .builders import build_model, find_backbone
+from .builders import build_model, find_backbone, input_normalization
 from .checkpoint import atomic_write_bytes, load_checkpoint
 
 __all__ = ["evaluate_checkpoint", "load_model", "predict"]
@@ -71,13 +71,14 @@ def evaluate_checkpoint(
     if trained.task != recipe.task:
         raise ValueError(f"Checkpoint {checkpoint} is a {trained.task} model; recipe {recipe.name} is {recipe.task}.")
     backbone = find_backbone(model)
+    mean, std = input_normalization(backbone, recipe.task)
     dataset = build_dataset(
         recipe.data,
         split,
         task=recipe.task,
         train=False,
-        mean=backbone.mean,
-        std=backbone.std,
+        mean=mean,
+        std=std,
         in_chans=backbone.in_chans,
     )
     loader = DataLoader(
@@ -138,16 +139,16 @@ def predict(
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from ..data import build_transforms, read_image
+    from ..data import build_transforms, image_to_tensor, read_image
     from .distributed import _pick_device
     from .report import draw_prediction
 
     dev = _pick_device(device, 0)
     model, recipe, classes = load_model(checkpoint, device=dev)
     backbone = find_backbone(model)
+    mean, std = input_normalization(backbone, recipe.task)
     transform = build_transforms(recipe.data, task=recipe.task, train=False)
-    mean = torch.tensor(backbone.mean).view(-1, 1, 1)
-    std = torch.tensor(backbone.std).view(-1, 1, 1)
+    detection = recipe.task == "detection"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = _collect(images)
@@ -156,31 +157,31 @@ def predict(
         for path in tqdm(files, desc="predict", disable=not progress):
             pixels = read_image(path, in_chans=backbone.in_chans, window=recipe.data.window)
             h, w = pixels.shape[:2]
-            transformed = transform(
-                image=pixels, **({"bboxes": np.zeros((0, 4)), "labels": []} if recipe.task == "detection" else {})
-            )["image"]
-            array = transformed.astype(np.float32) / (255.0 if transformed.dtype == np.uint8 else 1.0)
-            tensor = (torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))) - mean) / std
+            extra = {"bboxes": np.zeros((0, 4)), "labels": []} if detection else {}
+            tensor = image_to_tensor(transform(image=pixels, **extra)["image"], mean, std)
             th, tw = tensor.shape[1:]
+            # Undo the eval resize: one scale and bottom/right padding (letterbox), or a scale per axis (stretch).
+            if recipe.data.resize == "stretch":
+                sy, sx = th / h, tw / w
+            else:
+                sy = sx = min(th / h, tw / w)
             record: dict[str, Any] = {"image": str(path), "size": [h, w]}
-            if recipe.task == "detection":
+            if detection:
                 output = model([tensor.to(dev)])[0]
                 keep = output["scores"] >= score_thresh
-                scale = torch.tensor([w / tw, h / th, w / tw, h / th]) if recipe.data.resize == "stretch" else None
-                if scale is None:  # letterbox: one scale, padding at the bottom/right
-                    s = max(h / th, w / tw)
-                    scale = torch.tensor([s, s, s, s])
-                boxes = (output["boxes"][keep].cpu() * scale).tolist()
+                boxes = output["boxes"][keep].cpu() / torch.tensor([sx, sy, sx, sy])
                 record |= {
-                    "boxes": [[round(v, 2) for v in b] for b in boxes],
+                    "boxes": [[round(v, 2) for v in box] for box in boxes.tolist()],
                     "scores": [round(float(s), 4) for s in output["scores"][keep]],
                     "labels": [classes[int(lb) - 1] for lb in output["labels"][keep]],
                 }
-                drawn = output
+                drawn: Any = output
             else:
                 logits = model(tensor[None].to(dev))
                 logits = (logits["out"] if isinstance(logits, dict) else logits)[0]
-                mask = logits.argmax(0).to(torch.uint8).cpu().numpy()
+                valid = logits[:, : max(1, round(h * sy)), : max(1, round(w * sx))]
+                full = torch.nn.functional.interpolate(valid[None].float(), size=(h, w), mode="bilinear")[0]
+                mask = full.argmax(0).to(torch.uint8).cpu().numpy()
                 buffer = io.BytesIO()
                 Image.fromarray(mask).save(buffer, format="PNG")
                 mask_path = out / f"{path.stem}_mask.png"
@@ -194,8 +195,8 @@ def predict(
                     drawn,
                     task=recipe.task,
                     classes=classes,
-                    mean=backbone.mean,
-                    std=backbone.std,
+                    mean=mean,
+                    std=std,
                     score_thresh=score_thresh,
                 )
                 buffer = io.BytesIO()

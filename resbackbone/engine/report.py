@@ -141,8 +141,8 @@ def _overlays(trainer: Trainer, model: nn.Module, count: int) -> list[Path]:
             output,
             task=trainer.task,
             classes=trainer.classes,
-            mean=trainer.backbone.mean,
-            std=trainer.backbone.std,
+            mean=trainer.mean,
+            std=trainer.std,
         )
         buffer = io.BytesIO()
         Image.fromarray(picture.permute(1, 2, 0).numpy()).save(buffer, format="PNG")

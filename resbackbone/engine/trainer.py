@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from ..data import build_dataset, class_names, detection_collate, has_split
 from ..recipes import Recipe
 from . import distributed
-from .builders import build_model, build_optimizer, build_scheduler, find_backbone
+from .builders import build_model, build_optimizer, build_scheduler, find_backbone, input_normalization
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .metrics import DetectionMetric, SegmentationMetric
 
@@ -166,8 +166,8 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.backbone = find_backbone(model)
-        mean, std, in_chans = self.backbone.mean, self.backbone.std, recipe.model.in_chans
-        common = {"task": self.task, "mean": mean, "std": std, "in_chans": in_chans}
+        self.mean, self.std = input_normalization(self.backbone, self.task)
+        common = {"task": self.task, "mean": self.mean, "std": self.std, "in_chans": recipe.model.in_chans}
         self.train_set = build_dataset(data, "train", train=True, **common)
         if len(self.train_set) == 0:
             raise ValueError(f"The train split of {recipe.name} is empty; check data.train.")
@@ -399,6 +399,7 @@ class Trainer:
         if dataset is None:
             return {}
         model = self.ema.module if self.ema is not None else self.model
+        self._sync_buffers(model)
         return evaluate_model(
             model,
             self._eval_loader(dataset),
@@ -411,6 +412,23 @@ class Trainer:
             progress=self.progress,
         )
 
+    def _sync_buffers(self, model: nn.Module) -> None:
+        """Give every process rank 0's buffers (BN statistics drift per rank in the last step)."""
+        if self.ctx.distributed:
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer.data, src=0)
+
+    def ranks_in_sync(self) -> bool:
+        """Whether every process holds the same parameters (always true in one process)."""
+        if not self.ctx.distributed:
+            return True
+        flat = torch.cat([p.detach().double().flatten() for p in self.model.parameters()])
+        weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device) / flat.numel()
+        digest = torch.stack([flat.sum(), flat.square().sum(), (flat * weights).sum()])
+        gathered = [torch.empty_like(digest) for _ in range(self.ctx.world_size)]
+        torch.distributed.all_gather(gathered, digest)
+        return all(torch.equal(g, gathered[0]) for g in gathered)
+
     def _improved(self, metrics: dict[str, float]) -> bool:
         key = self.recipe.metric
         value = metrics.get(key)
@@ -418,9 +436,35 @@ class Trainer:
             return False
         return self.best is None or value > self.best["metrics"][key]
 
+    def run_epoch(self) -> dict[str, Any]:
+        """Train one epoch, evaluate when due, save ``last.pt`` (and ``best.pt``) and log; returns its row."""
+        optim, ev = self.recipe.optim, self.recipe.eval
+        epoch = self.epoch
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"epoch": epoch + 1, **self._train_epoch(epoch)}
+        if (epoch + 1) % ev.every == 0 or epoch + 1 == optim.epochs:
+            metrics = self.evaluate()
+            row.update({f"{ev.split}/{k}": v for k, v in metrics.items()})
+            if self._improved(metrics):
+                self.best = {"epoch": epoch + 1, "metrics": metrics}
+                self.bad_evals = 0
+                if self.ctx.is_main:
+                    save_checkpoint(self._state() | {"epoch": epoch + 1}, self.output / "best.pt")
+            elif metrics:
+                self.bad_evals += 1
+        row.update({"step": self.step, "time": time.perf_counter() - t0, "skipped_batches": self.skipped_batches})
+        self.history.append(row)
+        self.epoch = epoch + 1
+        if self.ctx.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(self._state(), self.output / "last.pt")
+        self._write_metrics(row)
+        self._log(_epoch_line(row, self.recipe.metric, ev.split))
+        return row
+
     def fit(self) -> dict[str, Any]:
         """Train to the end of the schedule (or an early stop); returns the run summary."""
-        optim, ev = self.recipe.optim, self.recipe.eval
+        optim = self.recipe.optim
         if self.ctx.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
             self._log(
@@ -431,28 +475,7 @@ class Trainer:
         start = time.perf_counter()
         stopped_early = False
         while self.epoch < optim.epochs:
-            epoch = self.epoch
-            t0 = time.perf_counter()
-            row: dict[str, Any] = {"epoch": epoch + 1, **self._train_epoch(epoch)}
-            if (epoch + 1) % ev.every == 0 or epoch + 1 == optim.epochs:
-                metrics = self.evaluate()
-                row.update({f"{ev.split}/{k}": v for k, v in metrics.items()})
-                if self._improved(metrics):
-                    self.best = {"epoch": epoch + 1, "metrics": metrics}
-                    self.bad_evals = 0
-                    if self.ctx.is_main:
-                        save_checkpoint(
-                            self._state() | {"epoch": epoch + 1, "step": self.step}, self.output / "best.pt"
-                        )
-                elif metrics:
-                    self.bad_evals += 1
-            row.update({"step": self.step, "time": time.perf_counter() - t0, "skipped_batches": self.skipped_batches})
-            self.history.append(row)
-            self.epoch = epoch + 1
-            if self.ctx.is_main:
-                save_checkpoint(self._state(), self.output / "last.pt")
-            self._write_metrics(row)
-            self._log(_epoch_line(row, self.recipe.metric, ev.split))
+            self.run_epoch()
             patience = self.recipe.run.early_stopping
             if patience and self.bad_evals >= patience:
                 self._log(f"Early stop: {self.recipe.metric} did not improve in {patience} evaluations.")
@@ -466,10 +489,13 @@ class Trainer:
         test_metrics: dict[str, float] = {}
         if self.test_set is not None:
             best = self.output / "best.pt"
-            if best.is_file():
+            target = self.ema.module if self.ema is not None else self.model
+            if self.ctx.is_main and best.is_file():
                 state = load_checkpoint(best)
-                target = self.ema.module if self.ema is not None else self.model
                 target.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+            if self.ctx.distributed:  # rank 0's file may be on another machine: send its weights
+                for tensor in target.state_dict().values():
+                    torch.distributed.broadcast(tensor, src=0)
             test_metrics = self.evaluate(self.test_set)
         summary = {
             "recipe": self.recipe.name,
@@ -483,7 +509,10 @@ class Trainer:
             "test": test_metrics,
             "device": str(self.device),
             "world_size": self.ctx.world_size,
+            "ranks_in_sync": self.ranks_in_sync(),
         }
+        if not summary["ranks_in_sync"]:
+            raise TrainingError(f"The {self.ctx.world_size} processes ended with different weights; please report it.")
         if self.ctx.is_main:
             model = self.ema.module if self.ema is not None else self.model
             finish_run(self, summary, model)

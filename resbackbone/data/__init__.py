@@ -1,0 +1,45 @@
+"""Datasets for fine-tuning: COCO, Pascal VOC, YOLO, mask folders, VOC segmentation, and the shapes demo.
+
+A recipe's ``data:`` section (:class:`DataConfig`) names a format, a root and
+its splits; :func:`build_dataset` turns one split into a torch ``Dataset``
+with albumentations transforms and the backbone's normalisation;
+:func:`check_dataset` reports every problem of a dataset at once.
+
+Example:
+    >>> cfg = DataConfig(format="shapes")
+    >>> ds = build_dataset(cfg, "train", task="segmentation", train=True,
+    ...                    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    >>> image, mask = ds[0]  # float32 [3, 128, 128], int64 [128, 128]
+"""
+
+from .check import check_dataset
+from .config import FORMAT_TASKS, FORMATS, DataConfig, SplitSpec
+from .datasets import DetectionDataset, SegmentationDataset, build_dataset, detection_collate, image_to_tensor
+from .images import read_image, read_mask
+from .index import class_names, has_split
+from .problems import DataError, DataWarning, Problem
+from .shapes import ensure_shapes_dataset, verify_shapes_dataset
+from .transforms import build_transforms
+
+__all__ = [
+    "FORMATS",
+    "FORMAT_TASKS",
+    "DataConfig",
+    "DataError",
+    "DataWarning",
+    "DetectionDataset",
+    "Problem",
+    "SegmentationDataset",
+    "SplitSpec",
+    "build_dataset",
+    "build_transforms",
+    "check_dataset",
+    "class_names",
+    "detection_collate",
+    "ensure_shapes_dataset",
+    "has_split",
+    "image_to_tensor",
+    "read_image",
+    "read_mask",
+    "verify_shapes_dataset",
+]
