@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime
 import gc
+import shlex
 import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -296,8 +298,12 @@ def _run_config(
     return rows
 
 
-def run_benchmark(config: BenchConfig) -> dict[str, Any]:
+def run_benchmark(config: BenchConfig, *, command: str | None = None) -> dict[str, Any]:
     """Run the benchmark ``config`` describes; progress goes to stderr.
+
+    Args:
+        config: What to run.
+        command: The command line recorded in the result (default: ``sys.argv``).
 
     Returns:
         The JSON-ready result: ``schema_version``, ``created``, ``command``,
@@ -313,7 +319,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
+        "command": command or " ".join([Path(sys.argv[0]).name, *map(shlex.quote, sys.argv[1:])]),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         "machine": machine_info(),
         "ceilings": {},
@@ -342,8 +348,8 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
                             models=config.train_models,
                             weights=config.weights,
                             seed=config.seed,
-                            warmup=max(1, config.warmup // 2),
-                            repeats=max(3, config.repeats // 2),
+                            warmup=max(1, config.warmup),
+                            repeats=config.repeats,
                             amp=config.train_amp,
                         )
     document["machine"]["load_average_end"] = machine_info()["load_average"]

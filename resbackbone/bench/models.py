@@ -204,7 +204,10 @@ def build_competitor(impl: str, reference: Backbone, *, fpn: nn.Module | None) -
             return list(model(x).values())
 
     elif impl == "smp":
-        import segmentation_models_pytorch as smp
+        try:
+            import segmentation_models_pytorch as smp
+        except ImportError:
+            raise CompetitorUnavailable("segmentation_models_pytorch is not installed") from None
 
         if reference.output_stride != 32:
             raise CompetitorUnavailable("compared at output stride 32 only")
