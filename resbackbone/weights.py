@@ -147,10 +147,16 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike[str]) -> Reso
     source, sep, ref = text.partition(":")
     if sep and source in ("torchvision", "timm"):
         return _resolve_spec(spec, WeightSpec(source=source, ref=ref), label=text)
-    path = Path(text).expanduser()
-    if path.is_file():
+    try:
+        path = Path(text).expanduser()
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except RuntimeError:  # pathlib's answer to '~user' for an unknown user
+        raise ValueError(f"weights={weights!r}: cannot find the home folder of {text.split('/')[0]!r}.") from None
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise ValueError(f"weights={weights!r} is not a usable path ({exc.strerror}); {_forms()}.") from None
+    if is_file:
         return ResolvedWeights(label=str(path), path=path)
-    if path.is_dir():
+    if is_dir:
         raise ValueError(f"weights={weights!r} is a folder; {_forms()}.")
     if path.suffix in CHECKPOINT_SUFFIXES or os.sep in text:
         raise ValueError(f"weights={weights!r}: no such file. Check the path; {_forms()}.")
