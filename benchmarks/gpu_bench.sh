@@ -31,7 +31,7 @@ timeout 330 "$PY" -m resbackbone bench resnet50 --batch-sizes 64 --input-sizes 2
 
 echo "== 2/2 training: resnet50, batch 64, 224x224, cuda, with and without grad checkpointing"
 timeout 240 "$PY" -m resbackbone bench resnet50 --batch-sizes 64 --input-sizes 224 --devices cuda \
-    --train-only --train-models backbone,fasterrcnn_fpn --warmup 4 --repeats 16 \
+    --train-only --train-models backbone,fasterrcnn_fpn --warmup 3 --repeats 10 \
     --out "$OUT" --stem gpu_train || { echo "gpu_bench.sh: training part failed ($?)" >&2; status=1; }
 
 ls -l "$OUT"/gpu_inference.* "$OUT"/gpu_train.* 2>/dev/null || true

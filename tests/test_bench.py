@@ -118,7 +118,8 @@ def test_training_figures_with_and_without_checkpointing(model: str) -> None:
     assert [(r["model"], r["grad_checkpointing"]) for r in rows] == [(model, False), (model, True)]
     for row in rows:
         assert set(row) == set(TRAIN_FIELDS)
-        assert row["status"] == "ok" and row["step_ms_p50"] > 0 and row["peak_memory_mib"] is not None
+        assert row["status"] == "ok" and row["step_ms_p50"] > 0 and row["peak_memory_mib"] > 0
+        assert row["memory_method"] == "cpu-tensor-peak" and row["peak_rss_mib"] is not None
         assert (row["memory_saving"] is None) == (not row["grad_checkpointing"])
     assert "memory saved" in format_table(result)
 
@@ -165,7 +166,22 @@ def test_peak_memory_sees_a_64_mib_tensor() -> None:
     with PeakMemory(torch.device("cpu")) as peak:
         block = torch.ones(16 * 2**20)  # 64 MiB, touched
         del block
-    assert peak.mib is not None and 56 < peak.mib < 200
+    assert peak.method.startswith("cpu-rss") and 56 < peak.mib < 200
+
+
+def test_tensor_peak_counts_live_tensors_not_views_or_existing_ones() -> None:
+    existing = torch.ones(4 * 2**20)  # 16 MiB allocated before: not counted
+    with PeakMemory(torch.device("cpu"), tensors=True) as peak:
+        existing.add_(1)  # in place
+        view = existing[::2]  # a view
+        a = torch.ones(8 * 2**20)  # 32 MiB
+        b = a * 2  # 32 MiB more: peak 64 MiB
+        del a, b
+        c = torch.ones(4 * 2**20)  # 16 MiB after the others were freed
+        del c, view
+    assert peak.method == "cpu-tensor-peak"
+    assert peak.mib == pytest.approx(64, abs=0.01)
+    assert peak.rss_mib is not None
 
 
 def test_matmul_ceiling_is_positive() -> None:

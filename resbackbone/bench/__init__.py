@@ -22,6 +22,7 @@ from Python::
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -119,9 +120,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
-def run_from_args(args: argparse.Namespace) -> int:
+def run_from_args(args: argparse.Namespace, *, prog: str = "resbackbone bench") -> int:
     """Run, print the tables, write the reports; the exit status."""
-    result = run_benchmark(config_from_args(args))
+    command = " ".join([prog, *map(shlex.quote, sys.argv[1:] if prog == "feature_extraction.py" else sys.argv[2:])])
+    result = run_benchmark(config_from_args(args), command=command)
     print(format_table(result))
     if args.out:
         paths = write_reports(result, args.out, stem=args.stem)
@@ -136,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return run_from_args(args)
+        return run_from_args(args, prog=parser.prog)
     except (ValueError, TypeError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

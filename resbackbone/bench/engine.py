@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime
 import gc
+import shlex
 import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,14 +30,14 @@ SCHEMA_VERSION = 1
 RESULT_FIELDS: tuple[str, ...] = (
     "backbone", "device", "batch_size", "input_size", "fpn", "impl", "mode", "dtype", "channels_last", "compiled",
     "status", "note", "images_per_s", "latency_ms_p50", "latency_ms_p95", "latency_ms_min", "peak_memory_mib",
-    "memory_method", "gmacs_per_image", "gflops_per_s", "ceiling_key", "ceiling_fraction", "ratio_vs",
+    "memory_method", "peak_rss_mib", "gmacs_per_image", "gflops_per_s", "ceiling_key", "ceiling_fraction", "ratio_vs",
     "max_abs_diff", "max_rel_diff", "setup_s", "repeats",
 )  # fmt: skip
 """Fields of every row of ``results`` in the JSON (all present, ``None`` where not measured)."""
 
 TRAIN_FIELDS: tuple[str, ...] = (
     "backbone", "device", "batch_size", "input_size", "model", "grad_checkpointing", "amp_bf16", "status", "note",
-    "images_per_s", "step_ms_p50", "step_ms_p95", "peak_memory_mib", "memory_method", "memory_saving",
+    "images_per_s", "step_ms_p50", "step_ms_p95", "peak_memory_mib", "memory_method", "peak_rss_mib", "memory_saving",
     "time_overhead", "setup_s", "repeats",
 )  # fmt: skip
 """Fields of every row of ``train`` in the JSON."""
@@ -264,7 +266,7 @@ def _run_config(
                 row["note"] = (row["note"] + "; " if row["note"] else "") + str(exc)
             with PeakMemory(device) as peak:
                 candidate.fn(x)
-        row["peak_memory_mib"], row["memory_method"] = peak.mib, peak.method
+        row.update(peak_memory_mib=peak.mib, memory_method=peak.method, peak_rss_mib=peak.rss_mib)
 
     times: dict[int, list[float]] = {id(c): [] for c, _ in candidates}
     with torch.inference_mode():
@@ -296,8 +298,12 @@ def _run_config(
     return rows
 
 
-def run_benchmark(config: BenchConfig) -> dict[str, Any]:
+def run_benchmark(config: BenchConfig, *, command: str | None = None) -> dict[str, Any]:
     """Run the benchmark ``config`` describes; progress goes to stderr.
+
+    Args:
+        config: What to run.
+        command: The command line recorded in the result (default: ``sys.argv``).
 
     Returns:
         The JSON-ready result: ``schema_version``, ``created``, ``command``,
@@ -313,7 +319,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
+        "command": command or " ".join([Path(sys.argv[0]).name, *map(shlex.quote, sys.argv[1:])]),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         "machine": machine_info(),
         "ceilings": {},
@@ -342,8 +348,8 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
                             models=config.train_models,
                             weights=config.weights,
                             seed=config.seed,
-                            warmup=max(1, config.warmup // 2),
-                            repeats=max(3, config.repeats // 2),
+                            warmup=max(1, config.warmup),
+                            repeats=config.repeats,
                             amp=config.train_amp,
                         )
     document["machine"]["load_average_end"] = machine_info()["load_average"]

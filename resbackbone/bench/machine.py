@@ -10,11 +10,15 @@ import platform
 import statistics
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
+from functools import partial
 from importlib import metadata
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 __all__ = ["PeakMemory", "machine_info", "matmul_ceiling", "synchronize", "timed"]
 
@@ -131,17 +135,61 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
+class _TensorPeak(TorchDispatchMode):
+    """Live bytes of the tensors allocated inside the block, and their peak.
+
+    Only storages that an op freshly allocates count (views and in-place
+    results alias existing memory); a weak reference to each storage says
+    when it is freed. Sees every eager op, forward and backward, not the
+    buffers inside compiled code.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self._refs: dict[int, weakref.ref] = {}
+
+    def _freed(self, key: int, nbytes: int) -> None:
+        self.live -= nbytes
+        self._refs.pop(key, None)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if any(r.alias_info is not None for r in func._schema.returns):
+            return out
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu":
+                storage = tensor.untyped_storage()
+                key = storage._cdata
+                if key not in self._refs:
+                    nbytes = storage.nbytes()
+                    self.live += nbytes
+                    self.peak = max(self.peak, self.live)
+                    self._refs[key] = weakref.ref(storage, partial(_call_freed, self, key, nbytes))
+        return out
+
+
+def _call_freed(mode: _TensorPeak, key: int, nbytes: int, _ref: object) -> None:
+    mode._freed(key, nbytes)
+
+
 class PeakMemory:
     """Peak memory a block of code adds over what was allocated before it.
 
     CUDA: ``torch.cuda.max_memory_allocated`` after a reset, minus the
-    allocation before (method ``"cuda-max-allocated"``). CPU: the process's
-    resident-set high-water mark (``VmHWM``, reset through
-    ``/proc/self/clear_refs``) minus its resident set before, after freeing
-    the allocator's cached pages with ``malloc_trim`` (``"cpu-rss-hwm"``); where
-    the reset is not allowed, a thread samples ``VmRSS`` every millisecond
-    (``"cpu-rss-sampled"``). CPU figures include allocator slack, so read them
-    to about ±5 %.
+    allocation before (method ``"cuda-max-allocated"``).
+
+    CPU, ``tensors=True``: the peak of the live bytes of the tensors the block
+    allocates, followed op by op with a dispatch mode (``"cpu-tensor-peak"``):
+    the CPU analogue of the CUDA figure, for eager code only (training steps).
+
+    CPU, ``tensors=False``: the process's resident-set high-water mark
+    (``VmHWM``, reset through ``/proc/self/clear_refs``) minus its resident set
+    before, after handing the allocator's free pages back with ``malloc_trim``
+    (``"cpu-rss-hwm"``); where the reset is not allowed, a thread samples
+    ``VmRSS`` every millisecond (``"cpu-rss-sampled"``). This works for
+    compiled code too, and includes allocator slack. :attr:`rss_mib` holds
+    this figure on CPU whatever ``tensors`` is.
 
     Example:
         >>> with PeakMemory(torch.device("cpu")) as peak:
@@ -149,10 +197,16 @@ class PeakMemory:
         >>> peak.mib, peak.method
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, *, tensors: bool = False) -> None:
         self.device = device
         self.mib: float | None = None
-        self.method = "cuda-max-allocated" if device.type == "cuda" else "cpu-rss-hwm"
+        self.rss_mib: float | None = None
+        if device.type == "cuda":
+            self.method = "cuda-max-allocated"
+        else:
+            self.method = "cpu-tensor-peak" if tensors else "cpu-rss-hwm"
+        self._rss_method = "cpu-rss-hwm"
+        self._tensors = _TensorPeak() if self.method == "cpu-tensor-peak" else None
         self._base = 0
         self._samples: list[int] = []
         self._stop = threading.Event()
@@ -173,11 +227,14 @@ class PeakMemory:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
         except OSError:
-            self.method = "cpu-rss-sampled"
+            self._rss_method = "cpu-rss-sampled"
+            self.method = self.method.replace("cpu-rss-hwm", "cpu-rss-sampled")
         self._base = _status_kib("VmRSS") or 0
-        if self.method == "cpu-rss-sampled":
+        if self._rss_method == "cpu-rss-sampled":
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
+        if self._tensors is not None:
+            self._tensors.__enter__()
         return self
 
     def _sample(self) -> None:
@@ -190,13 +247,16 @@ class PeakMemory:
             synchronize(self.device)
             self.mib = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
             return
+        if self._tensors is not None:
+            self._tensors.__exit__(*exc)
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
             peak = max(self._samples, default=self._base)
         else:
             peak = _status_kib("VmHWM") or self._base
-        self.mib = max(peak - self._base, 0) / 1024
+        self.rss_mib = max(peak - self._base, 0) / 1024
+        self.mib = self._tensors.peak / 2**20 if self._tensors is not None else self.rss_mib
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..backbone import Backbone, create_backbone
-from ..inference import optimize_for_inference
+from ..inference import compile_frozen, optimize_for_inference
 from ..registry import get_spec
 
 __all__ = ["COMPETITORS", "MODES", "Candidate", "ModeSpec", "build_competitor", "build_mode", "build_reference"]
@@ -112,10 +112,6 @@ def _with_fpn(levels_fn: Callable[[Tensor], list[Tensor]], fpn: nn.Module | None
     return run
 
 
-def _compiled(module: nn.Module) -> Callable:
-    return torch.compile(module, options={"freezing": True}, dynamic=False)
-
-
 def build_mode(
     mode: str, reference: Backbone, *, fpn: nn.Module | None, channels_last: bool | str = "auto"
 ) -> Candidate:
@@ -131,7 +127,7 @@ def build_mode(
     if fpn is not None:
         fmt = torch.channels_last if fast.channels_last else torch.contiguous_format
         fpn_module = copy.deepcopy(fpn).to(dtype=spec.dtype, memory_format=fmt)
-        fpn_run = _compiled(fpn_module) if spec.compile else fpn_module
+        fpn_run = compile_frozen(fpn_module) if spec.compile else fpn_module
     fn = _with_fpn(lambda x: list(fast(x).values()), fpn_run, names)
     note = "" if spec.compile == fast.compiled else "torch.compile unavailable: ran eagerly"
     return Candidate(
@@ -208,7 +204,10 @@ def build_competitor(impl: str, reference: Backbone, *, fpn: nn.Module | None) -
             return list(model(x).values())
 
     elif impl == "smp":
-        import segmentation_models_pytorch as smp
+        try:
+            import segmentation_models_pytorch as smp
+        except ImportError:
+            raise CompetitorUnavailable("segmentation_models_pytorch is not installed") from None
 
         if reference.output_stride != 32:
             raise CompetitorUnavailable("compared at output stride 32 only")

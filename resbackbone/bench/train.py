@@ -117,7 +117,7 @@ def run_train(
             for _ in range(max(warmup, 1)):
                 step()
             setup[checkpointing] = time.perf_counter() - start
-            with PeakMemory(device) as peak:
+            with PeakMemory(device, tensors=True) as peak:
                 step()
             memory[checkpointing] = peak
             steps[checkpointing] = step
@@ -142,6 +142,7 @@ def run_train(
                 "step_ms_p95": percentile(times[checkpointing], 95) * 1e3,
                 "peak_memory_mib": memory[checkpointing].mib,
                 "memory_method": memory[checkpointing].method,
+                "peak_rss_mib": memory[checkpointing].rss_mib,
                 "memory_saving": None,
                 "time_overhead": None,
                 "setup_s": setup[checkpointing],
