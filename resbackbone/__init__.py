@@ -5,6 +5,7 @@ declared in ``feature_info``, and loads torchvision, timm, local or URL checkpoi
 """
 
 from .backbone import Backbone, create_backbone
+from .inference import InferenceBackbone, optimize_for_inference
 from .registry import get_spec, list_backbones, register_backbone, unregister_backbone
 from .specs import LEVELS, FeatureInfo, LevelInfo, StageSpec, WeightSpec
 from .weights import LoadReport, load_weights
@@ -27,6 +28,7 @@ __all__ = [
     "LEVELS",
     "Backbone",
     "FeatureInfo",
+    "InferenceBackbone",
     "LevelInfo",
     "LoadReport",
     "StageSpec",
@@ -39,6 +41,7 @@ __all__ = [
     "get_spec",
     "list_backbones",
     "load_weights",
+    "optimize_for_inference",
     "register_backbone",
     "unregister_backbone",
 ]

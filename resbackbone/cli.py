@@ -1,4 +1,4 @@
-"""Command line: ``resbackbone list|info|finetune|evaluate|predict|data``.
+"""Command line: ``resbackbone list|info|finetune|evaluate|predict|data|bench``.
 
 Run ``resbackbone --help`` or ``resbackbone COMMAND --help``.
 """
@@ -89,12 +89,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from .engine import Trainer
+    from .engine import Trainer, distributed
     from .recipes import load_recipe
 
     recipe = load_recipe(args.recipe, overrides=args.set, data_root=args.data)
     output = Path(args.output) if args.output else None
-    Trainer(recipe, resume=args.resume, progress=not args.no_progress, output=output).fit()
+    try:
+        Trainer(recipe, resume=args.resume, progress=not args.no_progress, output=output).fit()
+    finally:
+        distributed.teardown()
     return 0
 
 
@@ -129,6 +132,43 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
         print(problem)
     print(f"{recipe.name}: {len(errors)} errors, {len(problems) - len(errors)} warnings.")
     return 1 if errors else 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_from_args
+
+    return run_from_args(args)
+
+
+def _cmd_data_download(args: argparse.Namespace) -> int:
+    from .data.download import data_yaml, download_dataset, get_entry
+
+    entry = get_entry(args.name)
+    path = download_dataset(
+        entry,
+        root=args.root,
+        progress=not args.no_progress,
+        sha256=args.sha256,
+        trust=args.trust,
+        allow_large=args.allow_large,
+        keep_archive=args.keep_archive,
+    )
+    print(f"{entry.name}: {path}")
+    for data in entry.data:
+        print(f"  data: {data_yaml(data, path)}")
+    return 0
+
+
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    from .data.download import DATASETS
+
+    rows = [("name", "task", "size", "access", "licence")]
+    rows += [(e.name, e.task, e.size, e.access, e.licence) for e in DATASETS.values()]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(f"{v:<{w}}" for v, w in zip(row, widths)) + f"  {row[4]}")
+    print("manual: fetch by hand (registration, terms or size); `resbackbone data download NAME` says how.")
+    return 0
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
@@ -186,6 +226,23 @@ def build_parser() -> argparse.ArgumentParser:
     q = data_sub.add_parser("check", help="report every problem of a recipe's dataset at once")
     _add_recipe_args(q)
     q.set_defaults(func=_cmd_data_check)
+    q = data_sub.add_parser("download", help="download a dataset from its official source, laid out for a recipe")
+    q.add_argument("name", help="dataset name, e.g. kvasir_seg (see `resbackbone data list`)")
+    q.add_argument("--root", metavar="DIR", help="parent folder of the dataset (default: $TORCH_HOME/hub/datasets)")
+    q.add_argument("--sha256", metavar="HEX", help="expected sha256 of the archive (pins one with no recorded hash)")
+    q.add_argument("--trust", action="store_true", help="extract an archive whose checksum is not known")
+    q.add_argument("--allow-large", action="store_true", help="allow datasets of many GB (COCO 2017)")
+    q.add_argument("--keep-archive", action="store_true", help="keep the downloaded archives after extraction")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar or step messages")
+    q.set_defaults(func=_cmd_data_download)
+    q = data_sub.add_parser("list", help="datasets `data download` knows: task, size, access, licence")
+    q.set_defaults(func=_cmd_data_list)
+
+    from .bench import add_arguments as add_bench_arguments
+
+    p = sub.add_parser("bench", help="C2–C5 extraction speed, memory and error side by side with timm/torchvision/smp")
+    add_bench_arguments(p)
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import math
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -332,23 +328,6 @@ def test_torchvision_fasterrcnn_checkpoint_loads_with_identical_outputs(
     assert len(expected[0]["boxes"]) > 0
     for key in ("boxes", "scores", "labels"):
         torch.testing.assert_close(got[0][key], expected[0][key])
-
-
-@pytest.fixture
-def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """An HTTP server on 127.0.0.1 serving the files of a folder."""
-    root = tmp_path / "served"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None  # type: ignore[method-assign]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_coco_v1_weight_string_downloads_verifies_and_loads(

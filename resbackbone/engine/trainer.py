@@ -418,6 +418,7 @@ class Trainer:
         if dataset is None:
             return {}
         model = self.ema.module if self.ema is not None else self.model
+        self._sync_buffers(model)
         return evaluate_model(
             model,
             self._eval_loader(dataset),
@@ -429,6 +430,23 @@ class Trainer:
             channels_last=self.recipe.run.channels_last,
             progress=self.progress,
         )
+
+    def _sync_buffers(self, model: nn.Module) -> None:
+        """Give every process rank 0's buffers (BN statistics drift per rank in the last step)."""
+        if self.ctx.distributed:
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer.data, src=0)
+
+    def ranks_in_sync(self) -> bool:
+        """Whether every process holds the same parameters (always true in one process)."""
+        if not self.ctx.distributed:
+            return True
+        flat = torch.cat([p.detach().double().flatten() for p in self.model.parameters()])
+        weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device) / flat.numel()
+        digest = torch.stack([flat.sum(), flat.square().sum(), (flat * weights).sum()])
+        gathered = [torch.empty_like(digest) for _ in range(self.ctx.world_size)]
+        torch.distributed.all_gather(gathered, digest)
+        return all(torch.equal(g, gathered[0]) for g in gathered)
 
     def _improved(self, metrics: dict[str, float]) -> bool:
         key = self.recipe.metric
@@ -497,10 +515,13 @@ class Trainer:
         test_metrics: dict[str, float] = {}
         if self.test_set is not None:
             best = self.output / "best.pt"
-            if best.is_file():
+            target = self.ema.module if self.ema is not None else self.model
+            if self.ctx.is_main and best.is_file():
                 state = load_checkpoint(best)
-                target = self.ema.module if self.ema is not None else self.model
                 target.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+            if self.ctx.distributed:  # rank 0's file may be on another machine: send its weights
+                for tensor in target.state_dict().values():
+                    torch.distributed.broadcast(tensor, src=0)
             test_metrics = self.evaluate(self.test_set)
         summary = {
             "recipe": self.recipe.name,
@@ -515,7 +536,10 @@ class Trainer:
             "test": test_metrics,
             "device": str(self.device),
             "world_size": self.ctx.world_size,
+            "ranks_in_sync": self.ranks_in_sync(),
         }
+        if not summary["ranks_in_sync"]:
+            raise TrainingError(f"The {self.ctx.world_size} processes ended with different weights; please report it.")
         if self.ctx.is_main:
             model = self.ema.module if self.ema is not None else self.model
             finish_run(self, summary, model)

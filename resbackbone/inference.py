@@ -1,0 +1,411 @@
+"""An inference fast path for a :class:`~resbackbone.backbone.Backbone`.
+
+:func:`optimize_for_inference` returns a frozen copy that computes the same
+C2–C5 pyramid faster:
+
+- batch norms in eval mode (``norm="bn"`` after ``.eval()``, or ``"frozen_bn"``)
+  are folded into the convolution before them, found by tracing the real
+  execution graph with ``torch.fx`` (``torch.nn.utils.fusion.fuse_conv_bn_eval``
+  does the arithmetic);
+- the memory format (channels-last or contiguous) is the one measured faster
+  on the backbone's device;
+- ``torch.compile`` with inductor's *freezing* turns the weights into
+  constants, so that convolution weights are prepacked once for oneDNN (CPU)
+  or cuDNN/Triton (CUDA) and convolution + bias + add + ReLU are fused;
+- the forward runs under ``torch.inference_mode`` with no per-call hooks;
+- optionally the weights and activations are bf16 or fp16.
+
+Output contract::
+
+    fast = optimize_for_inference(create_backbone("resnet50").eval())
+    fast(torch.randn(2, 3, 224, 224))
+    # OrderedDict(C2: (2, 256, 56, 56), C3: (2, 512, 28, 28), C4: (2, 1024, 14, 14), C5: (2, 2048, 7, 7))
+
+The fp32 result equals the eager backbone's within 1e-4 relative (max abs
+difference over the max abs value of each level). bf16/fp16 results are
+returned *in that dtype* (cast them with ``.float()`` where a head needs fp32);
+their error is what ``resbackbone bench`` reports.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+if TYPE_CHECKING:
+    from .backbone import Backbone
+
+__all__ = ["InferenceBackbone", "compile_frozen", "fold_batch_norms", "native_low_precision", "optimize_for_inference"]
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_CONTIGUOUS_MARGIN = 0.9  # contiguous must be 10 % faster to be chosen
+
+
+class _Levels(nn.Module):
+    """The backbone's forward as a tuple of levels, for tracing."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.body._forward(x).values())
+
+
+class _Tracer(fx.Tracer):
+    """Keeps convolutions, norms and timm's untraceable layers as single nodes."""
+
+    def __init__(self) -> None:
+        from timm.layers import get_notrace_functions
+
+        super().__init__(autowrap_functions=tuple(get_notrace_functions()))
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        from timm.layers import is_notrace_module
+
+        if isinstance(m, (nn.Conv2d, _BatchNorm)) or is_notrace_module(type(m)):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def fold_batch_norms(module: nn.Module) -> tuple[fx.GraphModule, int]:
+    """Trace ``module`` and fold every eval batch norm that directly follows a plain ``Conv2d``.
+
+    timm's ``BatchNormAct2d`` folds too: the conv absorbs the norm and the node
+    keeps only the activation. A norm whose input feeds other nodes as well, or
+    that follows a weight-standardised conv, is left as it is.
+
+    Args:
+        module: An eval-mode module whose forward returns tensors.
+
+    Returns:
+        The traced ``GraphModule`` with the norms folded, and the number folded.
+    """
+    from timm.layers import BatchNormAct2d
+
+    graph = _Tracer().trace(module)
+    gm = fx.GraphModule(module, graph)
+    modules = dict(gm.named_modules())
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules[node.target], _BatchNorm):
+            continue
+        bn = modules[node.target]
+        source = node.args[0]
+        if not (
+            isinstance(source, fx.Node)
+            and source.op == "call_module"
+            and type(modules[source.target]) is nn.Conv2d
+            and len(source.users) == 1
+            and bn.track_running_stats
+            and bn.running_mean is not None
+        ):
+            continue
+        conv = modules[source.target]
+        _set_submodule(gm, source.target, fuse_conv_bn_eval(conv, bn))
+        if isinstance(bn, BatchNormAct2d):  # keep the activation (its dropout is a no-op in eval)
+            _set_submodule(gm, node.target, bn.act)
+        else:
+            node.replace_all_uses_with(source)
+            gm.graph.erase_node(node)
+        folded += 1
+    gm.graph.lint()
+    gm.recompile()
+    gm.delete_all_unused_submodules()
+    return gm, folded
+
+
+def native_low_precision(device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Whether ``device`` computes convolutions in ``dtype`` natively (fast), not by emulation.
+
+    On CPU this asks oneDNN (bf16 needs AVX512-BF16/AMX or AVX2-VNNI-2; fp16 needs
+    AVX512-FP16/AMX-FP16); on CUDA bf16 needs compute capability 8.0 or newer.
+    """
+    device = torch.device(device)
+    if dtype == torch.float32:
+        return True
+    if device.type == "cuda":
+        return dtype == torch.float16 or torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return True
+    probe = "_is_mkldnn_bf16_supported" if dtype == torch.bfloat16 else "_is_mkldnn_fp16_supported"
+    try:
+        return bool(getattr(torch.ops.mkldnn, probe)())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _measure_memory_format(
+    trunk: nn.Module, in_chans: int, device: torch.device, dtype: torch.dtype, rounds: int = 5
+) -> dict[str, float]:
+    """Seconds per forward in each memory format: the best of ``rounds`` alternating calls.
+
+    The minimum, not the median, and alternating calls: a busy neighbour then
+    slows both formats alike instead of deciding the choice.
+    """
+    batch, size = (8, 224) if device.type == "cuda" else (1, 128)
+    x = torch.randn(batch, in_chans, size, size, device=device, dtype=dtype)
+    formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    runs = {
+        name: (copy.deepcopy(trunk).to(memory_format=fmt), x.contiguous(memory_format=fmt))
+        for name, fmt in formats.items()
+    }
+    times: dict[str, list[float]] = {name: [] for name in formats}
+    with torch.inference_mode():
+        for model, inputs in runs.values():
+            model(inputs)
+        for _ in range(rounds):
+            for name, (model, inputs) in runs.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                model(inputs)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
+
+
+class _FrozenCompiled:
+    """``torch.compile`` output whose calls run with inductor's ``freezing`` on."""
+
+    def __init__(self, module: nn.Module, mode: str | None) -> None:
+        self.compiled = torch.compile(module, mode=mode, dynamic=False)
+
+    def __call__(self, *args: Any) -> Any:
+        from torch._inductor import config
+
+        # Dynamo reads the flag while it traces, so it must be set around the call
+        # (options={"freezing": True} passed to torch.compile comes too late: pytorch#139272).
+        with config.patch(freezing=True):
+            return self.compiled(*args)
+
+
+def compile_frozen(module: nn.Module, *, mode: str | None = None) -> Any:
+    """``torch.compile`` with weights frozen into constants: prepacked, folded and fused.
+
+    With freezing, inductor folds constants and, on CPU, prepacks convolution
+    weights for oneDNN and fuses convolution + add + ReLU into one oneDNN call.
+    Call the result under ``torch.no_grad``/``torch.inference_mode``, after the
+    module's weights are final.
+
+    Args:
+        module: The module to compile; its parameters must not change afterwards.
+        mode: A ``torch.compile`` mode, or ``None`` for the default.
+
+    Returns:
+        A callable with the module's signature.
+    """
+    return _FrozenCompiled(module, mode)
+
+
+class InferenceBackbone(nn.Module):
+    """A frozen, faster copy of a :class:`~resbackbone.backbone.Backbone`, keeping its contract.
+
+    Build one with :func:`optimize_for_inference`. It has the backbone's
+    ``feature_info``, ``out_channels``, ``in_chans``, ``mean``, ``std``,
+    ``output_stride`` and ``name``, and returns the same ``OrderedDict``.
+
+    Attributes:
+        dtype: The dtype of the weights, activations and outputs.
+        channels_last: Whether activations run channels-last.
+        compiled: Whether ``torch.compile`` is in use (``False`` after a fallback).
+        folded_norms: Number of batch norms folded into convolutions.
+        memory_format_timings: Seconds per forward measured for each format
+            when ``channels_last="auto"`` measured them, else empty.
+    """
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        *,
+        source: Backbone,
+        dtype: torch.dtype,
+        channels_last: bool,
+        folded_norms: int,
+        memory_format_timings: dict[str, float],
+    ) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.name = source.name
+        self.feature_info = source.feature_info
+        self.out_channels = dict(source.out_channels)
+        self.in_chans = source.in_chans
+        self.mean = source.mean
+        self.std = source.std
+        self.output_stride = source.output_stride
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.folded_norms = folded_norms
+        self.memory_format_timings = memory_format_timings
+        self.compiled = False
+        self._use(trunk)
+
+    def _use(self, fn: Any) -> None:
+        # Kept out of _modules: the state dict stays the trunk's, with no "_orig_mod." duplicate.
+        self.__dict__["_run"] = fn
+
+    def _compile(self, mode: str | None) -> None:
+        try:
+            self._use(compile_frozen(self.trunk, mode=mode))
+            self.compiled = True
+        except Exception as exc:  # torch.compile unsupported on this Python/platform
+            warnings.warn(f"torch.compile is unavailable ({exc!r}); running the folded model eagerly.", stacklevel=3)
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        """Compute the pyramid.
+
+        Args:
+            x: Images ``(N, in_chans, H, W)`` normalised with ``mean``/``std``,
+                of any float dtype; they are cast to :attr:`dtype`.
+
+        Returns:
+            ``OrderedDict`` level → ``(N, channels, ⌈H/stride⌉, ⌈W/stride⌉)`` in
+            :attr:`dtype`, computed under ``torch.inference_mode`` (use the
+            eager backbone where gradients are needed).
+
+        Raises:
+            TypeError: ``x`` is not a tensor.
+            ValueError: ``x`` is not 4-D or has the wrong number of channels.
+        """
+        if not isinstance(x, Tensor):
+            raise TypeError(f"Backbone {self.name!r} takes a Tensor, got {type(x).__name__}.")
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"Backbone {self.name!r} expects input of shape (N, {self.in_chans}, H, W), got {tuple(x.shape)}."
+            )
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        with torch.inference_mode():
+            x = x.to(dtype=self.dtype, memory_format=fmt)
+            if self.compiled:
+                try:
+                    outputs = self._run(x)
+                except Exception as exc:  # no C++ compiler / Triton: keep working, eagerly
+                    warnings.warn(
+                        f"torch.compile failed on the first call ({type(exc).__name__}: {exc}); "
+                        "running the folded model eagerly instead.",
+                        stacklevel=2,
+                    )
+                    self._use(self.trunk)
+                    self.compiled = False
+                    outputs = self._run(x)
+            else:
+                outputs = self._run(x)
+        return OrderedDict(zip(self.feature_info.names, outputs))
+
+    def extra_repr(self) -> str:
+        return (
+            f"name={self.name!r}, levels={self.feature_info.names}, dtype={self.dtype}, "
+            f"channels_last={self.channels_last}, compiled={self.compiled}, folded_norms={self.folded_norms}"
+        )
+
+
+def optimize_for_inference(
+    backbone: Backbone,
+    *,
+    dtype: torch.dtype = torch.float32,
+    compile: bool | str = True,
+    channels_last: bool | str = "auto",
+    fold_bn: bool = True,
+) -> InferenceBackbone:
+    """A frozen copy of ``backbone`` for fast inference, returning the same pyramid.
+
+    Move the backbone to its device first; the copy stays there. The original
+    is not modified. The copy's weights are frozen (folded and, when compiled,
+    baked into the compiled code): change the backbone and optimise it again.
+
+    Args:
+        backbone: A :class:`~resbackbone.backbone.Backbone` (put in eval mode by the copy).
+        dtype: ``torch.float32``, ``torch.bfloat16`` or ``torch.float16``; outputs
+            come back in this dtype. Low precision warns on a CPU without native
+            support for it, where it is slower than fp32.
+        compile: ``True`` compiles with ``torch.compile`` (inductor, weight
+            freezing); a string is a ``torch.compile`` mode
+            (``"max-autotune"``, ``"reduce-overhead"``); ``False`` runs eagerly.
+            If compiling is impossible, the copy warns and runs eagerly.
+        channels_last: ``True``, ``False`` or ``"auto"``: measure both formats on
+            the device (about a second on a CPU) and keep channels-last unless
+            contiguous is at least 10 % faster.
+        fold_bn: Fold eval batch norms into the convolutions before them.
+
+    Returns:
+        An :class:`InferenceBackbone`.
+
+    Raises:
+        TypeError: ``backbone`` is not a Backbone, or an option has the wrong type.
+        ValueError: An unsupported ``dtype`` or ``channels_last`` value.
+
+    Example:
+        >>> fast = optimize_for_inference(create_backbone("resnet18").eval(), compile=False)
+        >>> {k: tuple(v.shape) for k, v in fast(torch.randn(1, 3, 64, 64)).items()}
+        {'C2': (1, 64, 16, 16), 'C3': (1, 128, 8, 8), 'C4': (1, 256, 4, 4), 'C5': (1, 512, 2, 2)}
+    """
+    from .backbone import Backbone
+
+    if not isinstance(backbone, Backbone):
+        raise TypeError(
+            f"optimize_for_inference() takes a resbackbone Backbone, got {type(backbone).__name__}. "
+            "Build one with resbackbone.create_backbone()."
+        )
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported: expected one of {_DTYPES}.")
+    if not (isinstance(channels_last, bool) or channels_last == "auto"):
+        raise ValueError(f"channels_last={channels_last!r} is not valid: expected True, False or 'auto'.")
+    if not isinstance(compile, (bool, str)):
+        raise TypeError(f"compile={compile!r} is not valid: expected True, False or a torch.compile mode string.")
+
+    body = copy.deepcopy(backbone).eval()
+    body.set_grad_checkpointing(False)
+    for param in body.parameters():
+        param.requires_grad_(False)
+    device = next(body.parameters()).device
+    if fold_bn:
+        from timm.layers import unfreeze_batch_norm_2d
+
+        body = unfreeze_batch_norm_2d(body).eval()  # frozen norms become foldable eval BatchNorm2d
+        trunk, folded = fold_batch_norms(_Levels(body))
+    else:
+        trunk, folded = _Levels(body), 0
+    if dtype != torch.float32 and not native_low_precision(device, dtype):
+        warnings.warn(
+            f"dtype={dtype} on this {device.type} is emulated, not native: expect it to be slower than float32.",
+            stacklevel=2,
+        )
+    trunk = trunk.to(dtype=dtype)
+
+    timings: dict[str, float] = {}
+    if channels_last == "auto":
+        if native_low_precision(device, dtype):
+            timings = _measure_memory_format(trunk, backbone.in_chans, device, dtype)
+            # channels-last is the native layout of oneDNN and of tensor-core kernels, and what
+            # the compiled code prefers: keep it unless contiguous is clearly faster
+            channels_last = timings["contiguous"] > _CONTIGUOUS_MARGIN * timings["channels_last"]
+        else:  # measuring emulated kernels would take long and tell nothing
+            channels_last = True
+    if channels_last:
+        trunk = trunk.to(memory_format=torch.channels_last)
+
+    fast = InferenceBackbone(
+        trunk,
+        source=backbone,
+        dtype=dtype,
+        channels_last=bool(channels_last),
+        folded_norms=folded,
+        memory_format_timings=timings,
+    )
+    if compile:
+        fast._compile(compile if isinstance(compile, str) else None)
+    return fast.eval()

@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from resbackbone import cli
+from resbackbone.bench import (
+    RESULT_FIELDS,
+    TRAIN_FIELDS,
+    BenchConfig,
+    PeakMemory,
+    engine,
+    format_markdown,
+    format_table,
+    main,
+    matmul_ceiling,
+    run_benchmark,
+    write_reports,
+)
+
+TOP_LEVEL = {"schema_version", "created", "command", "config", "machine", "ceilings", "results", "train", "duration_s"}
+MACHINE = {"cpu_model", "cpu_flags", "cpu_cores", "torch_threads", "gpus", "versions", "load_average", "platform"}
+
+
+def _tiny(**overrides: object) -> BenchConfig:
+    options = dict(
+        backbones=("test_resnet",),
+        batch_sizes=(1,),
+        input_sizes=(64,),
+        devices=("cpu",),
+        modes=("eager", "fold"),
+        competitors=(),
+        warmup=1,
+        repeats=2,
+        ceiling_s=0.02,
+    )
+    options.update(overrides)
+    return BenchConfig(**options)
+
+
+@pytest.fixture(scope="module")
+def tiny_result() -> dict:
+    return run_benchmark(_tiny())
+
+
+def test_end_to_end_writes_json_with_every_field(tiny_result: dict, tmp_path: Path) -> None:
+    paths = write_reports(tiny_result, tmp_path, stem="tiny")
+    document = json.loads(paths["json"].read_text())
+    assert set(document) >= TOP_LEVEL
+    assert set(document["machine"]) >= MACHINE
+    assert set(document["ceilings"]["cpu"]) >= {"fp32"}
+    assert [(r["impl"], r["mode"]) for r in document["results"]] == [("resbackbone", "eager"), ("resbackbone", "fold")]
+    for row in document["results"]:
+        assert set(row) == set(RESULT_FIELDS)
+        assert row["status"] == "ok", row["note"]
+        assert row["images_per_s"] > 0 and row["latency_ms_p50"] <= row["latency_ms_p95"]
+        assert row["gflops_per_s"] > 0 and row["ceiling_fraction"] > 0 and row["ceiling_key"] == "fp32"
+        assert row["peak_memory_mib"] is not None and row["memory_method"].startswith("cpu-rss")
+        assert row["max_rel_diff"] < 1e-4
+    assert document["results"][0]["max_abs_diff"] == 0.0  # the reference itself
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| impl | mode | dtype |" in paths["markdown"].read_text()
+
+
+def test_terminal_table_lists_every_row(tiny_result: dict) -> None:
+    table = format_table(tiny_result)
+    assert "test_resnet · cpu · batch 1 · 64×64 · C2–C5" in table
+    assert "img/s" in table and "matmul ceiling" in table
+    assert table.count("resbackbone  ") == 2
+    assert "AMD" in format_markdown(tiny_result) or tiny_result["machine"]["cpu_model"] in format_markdown(tiny_result)
+
+
+def test_libraries_run_side_by_side_on_the_same_weights() -> None:
+    result = run_benchmark(
+        _tiny(backbones=("resnet18",), modes=("eager",), competitors=("timm", "torchvision", "smp"), repeats=1)
+    )
+    rows = {r["impl"]: r for r in result["results"]}
+    assert set(rows) == {"resbackbone", "timm", "torchvision", "smp"}
+    for impl in ("timm", "torchvision", "smp"):
+        assert rows[impl]["status"] == "ok", rows[impl]["note"]
+        assert rows[impl]["max_rel_diff"] < 1e-5, f"{impl} did not get our weights"
+    assert set(rows["resbackbone"]["ratio_vs"]) == {"timm", "torchvision", "smp"}
+    ratio = rows["resbackbone"]["ratio_vs"]["timm"]
+    assert ratio == pytest.approx(rows["resbackbone"]["images_per_s"] / rows["timm"]["images_per_s"])
+
+
+def test_fpn_and_missing_library_models() -> None:
+    result = run_benchmark(_tiny(fpn=True, fpn_channels=16, modes=("eager",), competitors=("timm", "torchvision")))
+    rows = {r["impl"]: r for r in result["results"]}
+    assert rows["resbackbone"]["fpn"] is True and rows["resbackbone"]["status"] == "ok"
+    assert rows["timm"]["status"] == "skipped" and "timm has no model" in rows["timm"]["note"]
+    assert rows["torchvision"]["status"] == "skipped"
+
+
+def test_emulated_low_precision_is_skipped_unless_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "native_low_precision", lambda device, dtype: dtype == torch.float32)
+    result = run_benchmark(_tiny(modes=("fold-bf16",), repeats=1))
+    (row,) = result["results"]
+    assert row["status"] == "skipped" and "--allow-emulated" in row["note"]
+    assert set(row) == set(RESULT_FIELDS)
+    result = run_benchmark(_tiny(modes=("fold-bf16",), repeats=1, allow_emulated=True))
+    (row,) = result["results"]
+    assert row["status"] == "ok" and row["dtype"] == "bf16" and row["ceiling_key"] == "bf16"
+    assert row["max_rel_diff"] < 5e-2
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["backbone", pytest.param("fasterrcnn_fpn", marks=pytest.mark.slow)],  # Faster R-CNN: ~20 s
+)
+def test_training_figures_with_and_without_checkpointing(model: str) -> None:
+    result = run_benchmark(_tiny(inference=False, train=True, train_models=(model,), repeats=1, warmup=1))
+    assert result["results"] == []
+    rows = result["train"]
+    assert [(r["model"], r["grad_checkpointing"]) for r in rows] == [(model, False), (model, True)]
+    for row in rows:
+        assert set(row) == set(TRAIN_FIELDS)
+        assert row["status"] == "ok" and row["step_ms_p50"] > 0 and row["peak_memory_mib"] > 0
+        assert row["memory_method"] == "cpu-tensor-peak" and row["peak_rss_mib"] is not None
+        assert (row["memory_saving"] is None) == (not row["grad_checkpointing"])
+    assert "memory saved" in format_table(result)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"modes": ("fastest",)}, r"modes has 'fastest', which is not one of"),
+        ({"competitors": ("mmdet",)}, r"competitors has 'mmdet'"),
+        ({"batch_sizes": (0,)}, r"batch_sizes=\(0,\) is not valid"),
+        ({"input_sizes": (16,)}, r"sizes under 32 px"),
+        ({"repeats": 0}, r"repeats=0 is not valid"),
+        ({"backbones": ("resnet5",)}, r"Unknown backbone 'resnet5'"),
+    ],
+)
+def test_bad_config_raises(overrides: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        _tiny(**overrides)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_requested_without_cuda_raises() -> None:
+    with pytest.raises(ValueError, match="no CUDA device is available"):
+        _tiny(devices=("cuda",))
+
+
+def test_cli_bench_command_writes_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["test_resnet", "-b", "1", "-s", "64", "--devices", "cpu", "--modes", "eager", "--competitors", ""]
+    argv += ["--warmup", "1", "--repeats", "1", "--out", str(tmp_path)]
+    assert cli.main(["bench", *argv]) == 0
+    assert "resbackbone  eager" in capsys.readouterr().out
+    document = json.loads((tmp_path / "bench.json").read_text())
+    assert document["config"]["modes"] == ["eager"]
+    assert main([*argv[:-1], str(tmp_path / "script")]) == 0
+    assert (tmp_path / "script" / "bench.png").is_file()
+
+
+def test_cli_bench_reports_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "test_resnet", "--modes", "fastest", "--out", ""]) == 2
+    assert "modes has 'fastest'" in capsys.readouterr().err
+
+
+def test_peak_memory_sees_a_64_mib_tensor() -> None:
+    with PeakMemory(torch.device("cpu")) as peak:
+        block = torch.ones(16 * 2**20)  # 64 MiB, touched
+        del block
+    assert peak.method.startswith("cpu-rss") and 56 < peak.mib < 200
+
+
+def test_tensor_peak_counts_live_tensors_not_views_or_existing_ones() -> None:
+    existing = torch.ones(4 * 2**20)  # 16 MiB allocated before: not counted
+    with PeakMemory(torch.device("cpu"), tensors=True) as peak:
+        existing.add_(1)  # in place
+        view = existing[::2]  # a view
+        a = torch.ones(8 * 2**20)  # 32 MiB
+        b = a * 2  # 32 MiB more: peak 64 MiB
+        del a, b
+        c = torch.ones(4 * 2**20)  # 16 MiB after the others were freed
+        del c, view
+    assert peak.method == "cpu-tensor-peak"
+    assert peak.mib == pytest.approx(64, abs=0.01)
+    assert peak.rss_mib is not None
+
+
+def test_matmul_ceiling_is_positive() -> None:
+    assert matmul_ceiling(torch.device("cpu"), torch.float32, budget_s=0.01) > 0.1

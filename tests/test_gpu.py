@@ -1,0 +1,65 @@
+"""Checks that need a CUDA device (marker ``gpu``; deselected by default, skipped without CUDA)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from resbackbone import create_backbone
+from resbackbone.engine import Trainer
+from resbackbone.heads import build_segmenter
+from resbackbone.recipes import load_recipe
+
+from .conftest import REPO_ROOT
+from .engine_data import tiny_overrides
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnetv2_50"])
+def test_backbone_on_cuda_matches_cpu(name: str) -> None:
+    backbone = create_backbone(name, output_stride=16).eval()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        reference = backbone(x)
+        gpu = backbone.cuda().to(memory_format=torch.channels_last)(x.cuda().to(memory_format=torch.channels_last))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = backbone(x.cuda())
+    for level, ref in reference.items():
+        # cuDNN may use TF32 for fp32 convolutions: compare relative to the feature's norm
+        assert ((gpu[level].float().cpu() - ref).norm() / ref.norm()) < 5e-3
+        assert low[level].dtype == torch.bfloat16
+        assert ((low[level].float().cpu() - ref).norm() / ref.norm()) < 0.05
+
+
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+@pytest.mark.parametrize("head", ["deeplabv3plus", "faster_rcnn", "retinanet"])
+def test_engine_runs_on_cuda_with_amp(head: str, amp: str, tmp_path: Path, session_cache: Path) -> None:
+    overrides = [
+        *tiny_overrides(tmp_path / "run", backbone="resnet18"),
+        f"model.head={head}",
+        f"optim.amp={amp}",
+        "run.device=cuda",
+        "run.channels_last=true",
+        "optim.batch_size=4",
+        "run.max_steps_per_epoch=3",
+    ]
+    if head != "deeplabv3plus":
+        overrides.append("eval.metric=map50")
+    trainer = Trainer(load_recipe(REPO_ROOT / "recipes" / "quickstart.yaml", overrides=overrides), progress=False)
+    summary = trainer.fit()
+    assert summary["steps"] == 3 and summary["device"].startswith("cuda")
+    assert all(p.device.type == "cuda" for p in trainer.model.parameters())
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_smp_segmenter_on_cuda(output_stride: int) -> None:
+    model = build_segmenter("deeplabv3plus", backbone="resnet18", num_classes=3, output_stride=output_stride).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(torch.randn(2, 3, 96, 96, device="cuda"))
+    assert logits.shape == (2, 3, 96, 96) and logits.device.type == "cuda"
