@@ -196,7 +196,16 @@ def test_fuzz_yolo_names_file(content: bytes | str) -> None:
             assert "data.yaml" in str(exc)
 
 
-@pytest.mark.parametrize("line", ["inf 0.5 0.5 0.2 0.2", "nan 0.5 0.5 0.2 0.2", "0 nan 0.5 0.2 0.2", "0 0.5 0.5 inf 1"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "inf 0.5 0.5 0.2 0.2",
+        "nan 0.5 0.5 0.2 0.2",
+        "0 nan 0.5 0.2 0.2",
+        "0 0.5 0.5 inf 1",
+        "0 0.1 0.1 nan 0.2 0.3 0.3 0.1 0.4",
+    ],
+)
 def test_yolo_non_finite_numbers_are_reported(tmp_path: Path, line: str) -> None:
     save(tmp_path / "images" / "train" / "a.png", picture(24, 32))
     (tmp_path / "labels" / "train").mkdir(parents=True)

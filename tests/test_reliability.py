@@ -46,6 +46,7 @@ posix_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="ne
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> Iterator[None]:
+    """One intra-op thread in this process too, like the subprocesses (see the module docs)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -131,7 +132,7 @@ def _kill_when(
                 pytest.fail(f"the run ended (rc {proc.returncode}) before the moment came:\n{log.read_text()[-2000:]}")
             if moment():
                 proc.send_signal(signal.SIGSTOP)
-                while _proc_state(proc.pid) not in ("T", "t"):
+                while _proc_state(proc.pid) not in ("T", "t", "Z", "?"):  # stopped (or already gone)
                     time.sleep(0.0002)
                 found = moment()
                 if found:

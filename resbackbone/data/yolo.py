@@ -74,11 +74,8 @@ def _parse_labels(path: Path, num_classes: int, reporter: Reporter) -> tuple[np.
         except ValueError:
             reporter.error(path, f"line {n}: expected numbers 'class cx cy w h', got {line.strip()!r}")
             continue
-        if not all(math.isfinite(v) for v in values):
-            reporter.error(path, f"line {n}: expected finite numbers 'class cx cy w h', got {line.strip()!r}")
-            continue
         cls = values[0]
-        if cls != int(cls) or not 0 <= cls < num_classes:
+        if not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < num_classes:
             reporter.error(path, f"line {n}: class id {tokens[0]} is not in the class map (0..{num_classes - 1})")
             continue
         if len(values) == 5:
@@ -89,6 +86,9 @@ def _parse_labels(path: Path, num_classes: int, reporter: Reporter) -> tuple[np.
             box = [min(xs), min(ys), max(xs), max(ys)]
         else:
             reporter.error(path, f"line {n}: expected 5 numbers (class cx cy w h) or a polygon, got {len(values)}")
+            continue
+        if not all(math.isfinite(v) for v in values[1:]):
+            reporter.error(path, f"line {n}: coordinates must be finite numbers, got {line.strip()!r}")
             continue
         boxes.append(box)
         labels.append(int(cls) + 1)
