@@ -11,7 +11,6 @@ mid-write leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import re
 import tempfile
@@ -74,15 +73,6 @@ def remove_partial_writes(folder: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
-def _unpickling_reason(exc: Exception) -> str:
-    """The line of torch's weights-only error that names what was refused."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines[1:]:
-        if not line.startswith(("Please file an issue", "Check the documentation", "WeightsUnpickler error")):
-            return line
-    return lines[0] if lines else type(exc).__name__
-
-
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
 
@@ -93,15 +83,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"Checkpoint {path} does not exist. Pass the last.pt or best.pt of a run folder.")
+    from ..weights import torch_load
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"Refused to load checkpoint {path}: it holds Python objects that torch.load(weights_only=True) will "
-            f"not unpickle, because unpickling them can run arbitrary code ({_unpickling_reason(exc)}). A "
-            "resbackbone checkpoint holds only tensors and plain values, so `resbackbone finetune` did not write "
-            "this file; pass the last.pt or best.pt of a run."
-        ) from exc
+        state = torch_load(
+            path,
+            what="checkpoint ",
+            advice="A resbackbone checkpoint holds only tensors and plain values, so `resbackbone finetune` did "
+            "not write this file; pass the last.pt or best.pt of a run.",
+        )
+    except ValueError:
+        raise
     except Exception as exc:  # truncated or not a checkpoint
         raise ValueError(f"Cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
     if not isinstance(state, dict) or "model" not in state or "recipe" not in state:
