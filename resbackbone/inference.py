@@ -290,10 +290,12 @@ class InferenceBackbone(nn.Module):
             if self.compiled:
                 try:
                     outputs = self._run(x)
+                except torch.cuda.OutOfMemoryError:
+                    raise
                 except Exception as exc:  # no C++ compiler / Triton: keep working, eagerly
                     warnings.warn(
-                        f"torch.compile failed on the first call ({type(exc).__name__}: {exc}); "
-                        "running the folded model eagerly instead.",
+                        f"torch.compile failed ({type(exc).__name__}: {exc}); running the folded model eagerly "
+                        "from now on.",
                         stacklevel=2,
                     )
                     self._use(self.trunk)
@@ -332,7 +334,8 @@ def optimize_for_inference(
         compile: ``True`` compiles with ``torch.compile`` (inductor, weight
             freezing); a string is a ``torch.compile`` mode
             (``"max-autotune"``, ``"reduce-overhead"``); ``False`` runs eagerly.
-            If compiling is impossible, the copy warns and runs eagerly.
+            If compiling is impossible, the copy warns and runs eagerly. Compiled
+            code is specialised to the input shape: a new shape compiles again.
         channels_last: ``True``, ``False`` or ``"auto"``: measure both formats on
             the device (about a second on a CPU) and keep channels-last unless
             contiguous is at least 10 % faster.

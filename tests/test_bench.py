@@ -57,7 +57,8 @@ def test_end_to_end_writes_json_with_every_field(tiny_result: dict, tmp_path: Pa
         assert set(row) == set(RESULT_FIELDS)
         assert row["status"] == "ok", row["note"]
         assert row["images_per_s"] > 0 and row["latency_ms_p50"] <= row["latency_ms_p95"]
-        assert row["gflops_per_s"] > 0 and row["ceiling_fraction"] > 0 and row["ceiling_key"] == "fp32"
+        assert row["gflops_per_s"] > 0 and row["ceiling_key"] == "fp32" and row["ceiling_gflops_per_s"] > 0
+        assert row["ceiling_fraction"] == pytest.approx(row["gflops_per_s"] / row["ceiling_gflops_per_s"])
         assert row["peak_memory_mib"] is not None and row["memory_method"].startswith("cpu-rss")
         assert row["max_rel_diff"] < 1e-4
     assert document["results"][0]["max_abs_diff"] == 0.0  # the reference itself
@@ -105,6 +106,20 @@ def test_emulated_low_precision_is_skipped_unless_allowed(monkeypatch: pytest.Mo
     (row,) = result["results"]
     assert row["status"] == "ok" and row["dtype"] == "bf16" and row["ceiling_key"] == "bf16"
     assert row["max_rel_diff"] < 5e-2
+
+
+def test_failed_compilation_is_reported_and_measured_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> object:
+        def run(*inputs: object) -> None:
+            raise RuntimeError("no working C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    (row,) = run_benchmark(_tiny(modes=("fast",), repeats=1))["results"]
+    assert row["status"] == "ok" and row["compiled"] is False
+    assert "torch.compile failed" in row["note"] and "no working C++ compiler" in row["note"]
+    assert row["max_rel_diff"] < 1e-4
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,17 @@ from torch import Tensor
 from ..backbone import Backbone, create_backbone
 from ..inference import native_low_precision
 from ..registry import get_spec
-from .machine import PeakMemory, exact_fp32, machine_info, matmul_ceiling, median, percentile, synchronize, timed
+from .machine import (
+    MatmulProbe,
+    PeakMemory,
+    exact_fp32,
+    machine_info,
+    matmul_ceiling,
+    median,
+    percentile,
+    synchronize,
+    timed,
+)
 from .models import COMPETITORS, MODES, Candidate, CompetitorUnavailable, build_competitor, build_mode, build_reference
 from .models import make_fpn as _make_fpn
 from .train import TRAIN_MODELS, run_train
@@ -30,8 +40,8 @@ SCHEMA_VERSION = 1
 RESULT_FIELDS: tuple[str, ...] = (
     "backbone", "device", "batch_size", "input_size", "fpn", "impl", "mode", "dtype", "channels_last", "compiled",
     "status", "note", "images_per_s", "latency_ms_p50", "latency_ms_p95", "latency_ms_min", "peak_memory_mib",
-    "memory_method", "peak_rss_mib", "gmacs_per_image", "gflops_per_s", "ceiling_key", "ceiling_fraction", "ratio_vs",
-    "max_abs_diff", "max_rel_diff", "setup_s", "repeats",
+    "memory_method", "peak_rss_mib", "gmacs_per_image", "gflops_per_s", "ceiling_key", "ceiling_gflops_per_s",
+    "ceiling_fraction", "ratio_vs", "max_abs_diff", "max_rel_diff", "setup_s", "repeats",
 )  # fmt: skip
 """Fields of every row of ``results`` in the JSON (all present, ``None`` where not measured)."""
 
@@ -43,6 +53,7 @@ TRAIN_FIELDS: tuple[str, ...] = (
 """Fields of every row of ``train`` in the JSON."""
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 
 
 def _check_tuple(name: str, values: Any, allowed: tuple[str, ...] | None = None) -> tuple:
@@ -147,21 +158,18 @@ def _macs(name: str, size: int, fpn_channels: int | None) -> float:
     return counter.get_total_flops() / 2
 
 
+def _probe_args(key: str) -> tuple[torch.dtype, bool]:
+    return {"fp32": (torch.float32, False), "tf32": (torch.float32, True)}.get(key, (_DTYPES[key], False))
+
+
 def _ceilings(device: torch.device, dtypes: set[torch.dtype], budget_s: float) -> dict[str, float]:
+    keys = [_DTYPE_NAMES[d] for d in sorted(dtypes, key=str)]
+    if device.type == "cuda" and "fp32" in keys:
+        keys.append("tf32")
     ceilings = {}
-    for dtype in sorted(dtypes, key=str):
-        key = _DTYPE_NAMES[dtype]
-        if dtype == torch.float32 and device.type == "cuda":
-            with exact_fp32(device):
-                ceilings["fp32"] = matmul_ceiling(device, dtype, budget_s=budget_s)
-            saved = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = True
-            try:
-                ceilings["tf32"] = matmul_ceiling(device, dtype, budget_s=budget_s)
-            finally:
-                torch.backends.cuda.matmul.allow_tf32 = saved
-        else:
-            ceilings[key] = matmul_ceiling(device, dtype, budget_s=budget_s)
+    for key in keys:
+        dtype, tf32 = _probe_args(key)
+        ceilings[key] = matmul_ceiling(device, dtype, budget_s=budget_s, tf32=tf32)
     return ceilings
 
 
@@ -196,7 +204,7 @@ def _log(message: str) -> None:
 
 
 def _run_config(
-    config: BenchConfig, name: str, device: torch.device, batch: int, size: int, macs: float, ceilings: dict[str, float]
+    config: BenchConfig, name: str, device: torch.device, batch: int, size: int, macs: float
 ) -> list[dict[str, Any]]:
     base = {
         "backbone": name,
@@ -230,8 +238,8 @@ def _run_config(
         _log(f"  building {impl}/{mode} …")
         start = time.perf_counter()
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 candidate = (
                     build_mode(mode, reference_model, fpn=fpn)
                     if impl == "resbackbone"
@@ -247,9 +255,12 @@ def _run_config(
         except Exception as exc:  # one broken candidate must not sink the run
             row.update(status="error", note=f"{type(exc).__name__}: {exc}"[:300])
             continue
+        if candidate.fast is not None:  # a failed compilation falls back on the first call
+            candidate.compiled = candidate.fast.compiled
+        fallback = [str(w.message) for w in caught if "torch.compile" in str(w.message)]
         row.update(
             status="ok",
-            note=candidate.note,
+            note="; ".join([candidate.note, *fallback]).strip("; ")[:300],
             channels_last=candidate.channels_last,
             compiled=candidate.compiled,
             setup_s=time.perf_counter() - start,
@@ -268,11 +279,18 @@ def _run_config(
                 candidate.fn(x)
         row.update(peak_memory_mib=peak.mib, memory_method=peak.method, peak_rss_mib=peak.rss_mib)
 
+    # The ceiling matmuls join the rounds: the fraction of the ceiling compares like with like
+    keys = sorted({_ceiling_key(c.dtype, device) for c, _ in candidates})
+    probes = {key: MatmulProbe(device, _probe_args(key)[0], tf32=_probe_args(key)[1]) for key in keys}
     times: dict[int, list[float]] = {id(c): [] for c, _ in candidates}
+    probe_times: dict[str, list[float]] = {key: [] for key in probes}
     with torch.inference_mode():
         for _ in range(config.repeats):  # interleaved: drift and neighbours hit every model alike
             for candidate, _ in candidates:
                 times[id(candidate)].append(timed(lambda c=candidate: c.fn(x), device))
+            for key, probe in probes.items():
+                probe_times[key].append(timed(probe, device))
+    same_run = {key: probes[key].gflops(median(probe_times[key])) for key in probes}
     for candidate, row in candidates:
         p50 = median(times[id(candidate)])
         row.update(
@@ -283,9 +301,8 @@ def _run_config(
             gflops_per_s=2 * macs * batch / p50 / 1e9,
         )
         key = _ceiling_key(candidate.dtype, device)
-        row["ceiling_key"] = key
-        if key in ceilings:
-            row["ceiling_fraction"] = row["gflops_per_s"] / ceilings[key]
+        row.update(ceiling_key=key, ceiling_gflops_per_s=same_run[key])
+        row["ceiling_fraction"] = row["gflops_per_s"] / same_run[key]
     speeds = {
         row["impl"]: row["images_per_s"] for row in rows if row["impl"] != "resbackbone" and row["status"] == "ok"
     }
@@ -330,14 +347,14 @@ def run_benchmark(config: BenchConfig, *, command: str | None = None) -> dict[st
         dtypes = {torch.float32} | {MODES[m].dtype for m in config.modes}
         dtypes = {d for d in dtypes if d == torch.float32 or d == torch.bfloat16 or native_low_precision(device, d)}
         _log(f"[{device.type}] matmul ceilings for {sorted(_DTYPE_NAMES[d] for d in dtypes)} …")
-        document["ceilings"][device.type] = ceilings = _ceilings(device, dtypes, config.ceiling_s)
+        document["ceilings"][device.type] = _ceilings(device, dtypes, config.ceiling_s)
         for name in config.backbones:
             for size in config.input_sizes:
                 macs = _macs(name, size, config.fpn_channels if config.fpn else None)
                 for batch in config.batch_sizes:
                     if config.inference:
                         _log(f"[{device.type}] {name} batch {batch} {size}×{size}")
-                        document["results"] += _run_config(config, name, device, batch, size, macs, ceilings)
+                        document["results"] += _run_config(config, name, device, batch, size, macs)
                     if config.train:
                         _log(f"[{device.type}] {name} batch {batch} {size}×{size}: training steps")
                         document["train"] += run_train(

@@ -20,7 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["PeakMemory", "machine_info", "matmul_ceiling", "synchronize", "timed"]
+__all__ = ["MatmulProbe", "PeakMemory", "machine_info", "matmul_ceiling", "synchronize", "timed"]
 
 _LIBRARIES = ("torch", "torchvision", "timm", "segmentation-models-pytorch", "numpy", "resbackbone")
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "avx_vnni")
@@ -97,28 +97,57 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def matmul_ceiling(device: torch.device, dtype: torch.dtype, *, budget_s: float = 1.0) -> float:
-    """Achieved GFLOP/s of a large square matmul in ``dtype``: the machine's practical ceiling.
+class MatmulProbe:
+    """A square matmul sized to take about 50 ms on ``device``: the machine's practical ceiling.
 
-    The size doubles from 256 until one product takes 50 ms (or reaches 8192 on
-    a GPU, 4096 on a CPU); the best of the repeats that fit in ``budget_s`` counts.
+    The size doubles from 256 until one product takes 50 ms (or reaches 8192
+    on a GPU, 4096 on a CPU), each size warmed up first. Call the probe to run
+    one product; :meth:`gflops` turns a duration into GFLOP/s.
+
+    Args:
+        device: Where to run.
+        dtype: Matrix dtype.
+        tf32: On CUDA in fp32, allow TF32 tensor cores (else exact fp32).
     """
-    largest = 8192 if device.type == "cuda" else 4096
-    n = 256
-    with torch.inference_mode():
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, *, tf32: bool = False) -> None:
+        self.device, self.tf32 = device, tf32
+        largest = 8192 if device.type == "cuda" else 4096
+        n = 256
         while True:
-            a = torch.randn(n, n, device=device, dtype=dtype)
-            b = torch.randn(n, n, device=device, dtype=dtype)
-            timed(lambda: a @ b, device)  # noqa: B023 - warm-up: library initialisation, kernel selection
-            elapsed = timed(lambda: a @ b, device)  # noqa: B023 - called at once
-            if elapsed >= 0.05 or n >= largest:
+            self.a = torch.randn(n, n, device=device, dtype=dtype)
+            self.b = torch.randn(n, n, device=device, dtype=dtype)
+            timed(self, device)  # warm-up: library initialisation, kernel selection
+            if timed(self, device) >= 0.05 or n >= largest:
                 break
             n *= 2
-        times = [elapsed]
-        deadline = time.perf_counter() + budget_s
-        while time.perf_counter() < deadline or len(times) < 3:
-            times.append(timed(lambda: a @ b, device))
-    return 2 * n**3 / min(times) / 1e9
+        self.flop = 2 * n**3
+
+    def __call__(self) -> None:
+        if self.device.type != "cuda":
+            with torch.inference_mode():
+                self.a @ self.b
+            return
+        saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        try:
+            with torch.inference_mode():
+                self.a @ self.b
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved
+
+    def gflops(self, seconds: float) -> float:
+        return self.flop / seconds / 1e9
+
+
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, *, budget_s: float = 1.0, tf32: bool = False) -> float:
+    """GFLOP/s of a :class:`MatmulProbe`: the best of the products that fit in ``budget_s`` (at least 3)."""
+    probe = MatmulProbe(device, dtype, tf32=tf32)
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while time.perf_counter() < deadline or len(times) < 3:
+        times.append(timed(probe, device))
+    return probe.gflops(min(times))
 
 
 def _libc() -> Any:

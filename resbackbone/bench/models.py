@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..backbone import Backbone, create_backbone
-from ..inference import compile_frozen, optimize_for_inference
+from ..inference import InferenceBackbone, compile_frozen, optimize_for_inference
 from ..registry import get_spec
 
 __all__ = ["COMPETITORS", "MODES", "Candidate", "ModeSpec", "build_competitor", "build_mode", "build_reference"]
@@ -63,6 +63,7 @@ class Candidate:
     channels_last: bool = False
     compiled: bool = False
     note: str = ""
+    fast: InferenceBackbone | None = None
     keep: list[object] = field(default_factory=list)  # modules kept alive with fn
 
 
@@ -129,7 +130,6 @@ def build_mode(
         fpn_module = copy.deepcopy(fpn).to(dtype=spec.dtype, memory_format=fmt)
         fpn_run = compile_frozen(fpn_module) if spec.compile else fpn_module
     fn = _with_fpn(lambda x: list(fast(x).values()), fpn_run, names)
-    note = "" if spec.compile == fast.compiled else "torch.compile unavailable: ran eagerly"
     return Candidate(
         "resbackbone",
         mode,
@@ -137,8 +137,8 @@ def build_mode(
         fn,
         channels_last=fast.channels_last,
         compiled=fast.compiled,
-        note=note,
-        keep=[fast, fpn_run],
+        fast=fast,
+        keep=[fpn_run],
     )
 
 
