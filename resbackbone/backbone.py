@@ -72,6 +72,26 @@ def adapt_stats(values: Sequence[float], in_chans: int) -> tuple[float, ...]:
     return tuple(values[i % len(values)] for i in range(in_chans))
 
 
+def check_input(name: str, in_chans: int, x: object) -> None:
+    """Raise a clear error unless ``x`` is an ``(N, in_chans, H, W)`` tensor.
+
+    Raises:
+        TypeError: ``x`` is not a tensor.
+        ValueError: ``x`` is not 4-D or has another number of channels.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"Backbone {name!r} takes a Tensor, got {type(x).__name__}.")
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        hint = ""
+        if x.ndim == 3:
+            hint = "Add a batch dimension with x.unsqueeze(0)."
+        elif x.ndim == 4:
+            hint = f"Build it with in_chans={x.shape[1]} to take {x.shape[1]}-channel images."
+        raise ValueError(
+            f"Backbone {name!r} expects input of shape (N, {in_chans}, H, W), got {tuple(x.shape)}. {hint}"
+        )
+
+
 class Backbone(nn.Module):
     """A ResNet-family trunk returning an ``OrderedDict`` of pyramid levels.
 
@@ -254,19 +274,7 @@ class Backbone(nn.Module):
         Raises:
             ValueError: ``x`` is not 4-D or has the wrong number of channels.
         """
-        if not isinstance(x, Tensor):
-            raise TypeError(f"Backbone {self.name!r} takes a Tensor, got {type(x).__name__}.")
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"Backbone {self.name!r} expects input of shape (N, {self.in_chans}, H, W), got {tuple(x.shape)}. "
-                + (
-                    "Add a batch dimension with x.unsqueeze(0)."
-                    if x.ndim == 3
-                    else f"Build it with in_chans={x.shape[1]} to take {x.shape[1]}-channel images."
-                    if x.ndim == 4
-                    else ""
-                )
-            )
+        check_input(self.name, self.in_chans, x)
         return self._forward(x)
 
     def _forward(self, x: Tensor) -> OrderedDict[str, Tensor]:

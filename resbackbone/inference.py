@@ -40,6 +40,8 @@ from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .backbone import check_input
+
 if TYPE_CHECKING:
     from .backbone import Backbone
 
@@ -281,12 +283,7 @@ class InferenceBackbone(nn.Module):
             TypeError: ``x`` is not a tensor.
             ValueError: ``x`` is not 4-D or has the wrong number of channels.
         """
-        if not isinstance(x, Tensor):
-            raise TypeError(f"Backbone {self.name!r} takes a Tensor, got {type(x).__name__}.")
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"Backbone {self.name!r} expects input of shape (N, {self.in_chans}, H, W), got {tuple(x.shape)}."
-            )
+        check_input(self.name, self.in_chans, x)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         with torch.inference_mode():
             x = x.to(dtype=self.dtype, memory_format=fmt)

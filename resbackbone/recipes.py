@@ -236,13 +236,23 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _absolute(path: Path, what: str) -> Path:
+    """``path.resolve()``, with a path the OS cannot take (a NUL byte, say) reported as a RecipeError."""
+    try:
+        return path.resolve()
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"{what} {str(path)!r} is not a usable path ({exc}); fix the path.") from None
+
+
 def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in chain:
         raise RecipeError(f"{path}: 'extends' forms a cycle: {' -> '.join(map(str, (*chain, path)))}")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RecipeError(f"Cannot read recipe {path}: {exc.strerror or exc}. Check the path.") from exc
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8.") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -258,7 +268,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         return raw
     if not isinstance(base_name, str):
         raise RecipeError(f"{path}: 'extends' must be a path to another recipe, got {base_name!r}")
-    base_path = (path.parent / base_name).resolve()
+    base_path = _absolute(path.parent / base_name, f"{path}: 'extends'")
     base = _read_yaml(base_path, (*chain, path))
     base.pop("name", None)
     return _merge(base, raw)
@@ -347,7 +357,7 @@ def load_recipe(
             value is invalid, or ``data_root`` does not exist.
     """
     path = Path(path)
-    raw = _read_yaml(path.resolve())
+    raw = _read_yaml(_absolute(path, "Recipe"))
     raw.setdefault("name", path.stem)
     for assignment in overrides or []:
         _set_override(raw, assignment)
@@ -364,7 +374,7 @@ def load_recipe(
         if isinstance(data, dict):
             data["root"] = str(root.resolve())
     if isinstance(data, dict) and data.get("root") is not None:
-        data["root"] = str((path.resolve().parent / str(data["root"])).resolve())
+        data["root"] = str(_absolute(path.resolve().parent / str(data["root"]), f"{path}: data.root"))
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:

@@ -36,7 +36,7 @@ from .specs import BackboneSpec, WeightSpec
 if TYPE_CHECKING:
     from .backbone import Backbone
 
-__all__ = ["LoadReport", "load_weights", "read_checkpoint", "resolve_weights"]
+__all__ = ["LoadReport", "load_weights", "read_checkpoint", "resolve_weights", "torch_load"]
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module", "network", "net")
@@ -147,10 +147,16 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike[str]) -> Reso
     source, sep, ref = text.partition(":")
     if sep and source in ("torchvision", "timm"):
         return _resolve_spec(spec, WeightSpec(source=source, ref=ref), label=text)
-    path = Path(text).expanduser()
-    if path.is_file():
+    try:
+        path = Path(text).expanduser()
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except RuntimeError:  # pathlib's answer to '~user' for an unknown user
+        raise ValueError(f"weights={weights!r}: cannot find the home folder of {text.split('/')[0]!r}.") from None
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise ValueError(f"weights={weights!r} is not a usable path ({exc.strerror}); {_forms()}.") from None
+    if is_file:
         return ResolvedWeights(label=str(path), path=path)
-    if path.is_dir():
+    if is_dir:
         raise ValueError(f"weights={weights!r} is a folder; {_forms()}.")
     if path.suffix in CHECKPOINT_SUFFIXES or os.sep in text:
         raise ValueError(f"weights={weights!r}: no such file. Check the path; {_forms()}.")
@@ -262,6 +268,35 @@ def _huggingface_cached(repo: str) -> Path | None:
 # ------------------------------------------------------------------ reading files
 
 
+def _unpickling_reason(exc: Exception) -> str:
+    """The line of torch's weights-only error that names what was refused."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines[1:]:
+        if not line.startswith(("Please file an issue", "Check the documentation", "WeightsUnpickler error")):
+            return line
+    return lines[0] if lines else type(exc).__name__
+
+
+def torch_load(path: str | os.PathLike[str], *, what: str, advice: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; pickled objects are refused with a clear message.
+
+    Args:
+        path: The file.
+        what: How the message names the file (``"checkpoint "``), or ``""``.
+        advice: What the user can do, appended to the refusal.
+
+    Raises:
+        ValueError: The file holds Python objects that could run code when unpickled.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"Refused to load {what}{path}: it holds Python objects that torch.load(weights_only=True) will not "
+            f"unpickle, because unpickling them can run arbitrary code ({_unpickling_reason(exc)}). {advice}"
+        ) from exc
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Read a checkpoint file into a flat ``{key: tensor}`` dict, never unpickling code.
 
@@ -283,14 +318,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             raise ValueError(f"Could not read {path} as safetensors: {exc}.") from exc
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise ValueError(
-                f"Refused to load {path}: it holds Python objects that torch.load(weights_only=True) will not "
-                f"unpickle, because unpickling can run arbitrary code ({str(exc).splitlines()[0]}). If you trust "
-                "the file, re-save only its tensors: torch.save(model.state_dict(), 'clean.pth'), or convert it "
-                "to .safetensors."
-            ) from exc
+            obj = torch_load(
+                path,
+                what="",
+                advice="If you trust the file, re-save only its tensors: torch.save(model.state_dict(), "
+                "'clean.pth'), or convert it to .safetensors.",
+            )
+        except ValueError:
+            raise
         except Exception as exc:  # torch.load raises many types on a file that is not a checkpoint
             raise ValueError(
                 f"Could not read {path} as a PyTorch checkpoint ({exc}). Expected a file written by torch.save() "

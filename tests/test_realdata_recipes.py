@@ -16,7 +16,8 @@ from resbackbone.recipes import load_recipe
 
 from .conftest import REPO_ROOT
 
-pytestmark = pytest.mark.realdata
+# Minutes of CPU each (Faster R-CNN steps cost seconds on 2 cores): deselected by default with `slow`.
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 SHORT = ["run.workers=2", "run.overlays=0", "run.device=cpu", "eval.every=100"]
 

@@ -8,6 +8,7 @@ An image without a label file has no objects. Class names come from
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ def yolo_class_names(cfg: DataConfig, root: Path) -> list[str]:
 
     try:
         names = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("names")
-    except (yaml.YAMLError, OSError, AttributeError) as exc:
+    except (yaml.YAMLError, OSError, UnicodeDecodeError, AttributeError) as exc:
         raise DataError(f"{path}: cannot read class names ({exc}); list them in data.classes", path) from None
     if isinstance(names, dict) and all(isinstance(k, int) for k in names):
         names = [names[k] for k in sorted(names)]
@@ -74,7 +75,7 @@ def _parse_labels(path: Path, num_classes: int, reporter: Reporter) -> tuple[np.
             reporter.error(path, f"line {n}: expected numbers 'class cx cy w h', got {line.strip()!r}")
             continue
         cls = values[0]
-        if cls != int(cls) or not 0 <= cls < num_classes:
+        if not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < num_classes:
             reporter.error(path, f"line {n}: class id {tokens[0]} is not in the class map (0..{num_classes - 1})")
             continue
         if len(values) == 5:
@@ -85,6 +86,9 @@ def _parse_labels(path: Path, num_classes: int, reporter: Reporter) -> tuple[np.
             box = [min(xs), min(ys), max(xs), max(ys)]
         else:
             reporter.error(path, f"line {n}: expected 5 numbers (class cx cy w h) or a polygon, got {len(values)}")
+            continue
+        if not all(math.isfinite(v) for v in values[1:]):
+            reporter.error(path, f"line {n}: coordinates must be finite numbers, got {line.strip()!r}")
             continue
         boxes.append(box)
         labels.append(int(cls) + 1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_write_bytes", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
+__all__ = [
+    "atomic_write_bytes",
+    "load_checkpoint",
+    "remove_partial_writes",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
+
+_PARTIAL = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what _atomic's mkstemp names look like
 
 
 def _atomic(path: Path, write: Any) -> None:
@@ -46,18 +56,45 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
     _atomic(Path(path), lambda f: torch.save(state, f))
 
 
+def remove_partial_writes(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files a process killed mid-write left in ``folder`` (``.last.pt.<random>.tmp``).
+
+    They are never read (the write they belonged to never reached its rename),
+    only taking disk space. Call it when no other process writes to ``folder``.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for path in sorted(Path(folder).glob(".*.tmp")):
+        if _PARTIAL.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
 
     Raises:
-        ValueError: The file is missing, truncated or not a training checkpoint.
+        ValueError: The file is missing, truncated, not a training checkpoint,
+            or holds pickled Python objects (which could run code when loaded).
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"Checkpoint {path} does not exist. Pass the last.pt or best.pt of a run folder.")
+    from ..weights import torch_load
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, not a checkpoint, or holding code
+        state = torch_load(
+            path,
+            what="checkpoint ",
+            advice="A resbackbone checkpoint holds only tensors and plain values, so `resbackbone finetune` did "
+            "not write this file; pass the last.pt or best.pt of a run.",
+        )
+    except ValueError:
+        raise
+    except Exception as exc:  # truncated or not a checkpoint
         raise ValueError(f"Cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
     if not isinstance(state, dict) or "model" not in state or "recipe" not in state:
         raise ValueError(f"{path} is not a resbackbone training checkpoint (no 'model' and 'recipe' entries).")

@@ -170,6 +170,8 @@ def _table(summary: dict[str, Any], split: str) -> str:
             rows.append((f"test {key}", f"{value:.4f}"))
     if summary["skipped_batches"]:
         rows.append(("skipped batches (non-finite loss)", summary["skipped_batches"]))
+    if summary.get("overflow_steps"):
+        rows.append(("updates skipped by the fp16 scaler", summary["overflow_steps"]))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 

@@ -29,7 +29,7 @@ from ..data import build_dataset, class_names, detection_collate, has_split
 from ..recipes import Recipe
 from . import distributed
 from .builders import build_model, build_optimizer, build_scheduler, find_backbone, input_normalization
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, remove_partial_writes, rng_state, save_checkpoint, set_rng_state
 from .metrics import DetectionMetric, SegmentationMetric
 
 __all__ = ["Trainer", "TrainingError", "evaluate_model", "seed_everything"]
@@ -198,6 +198,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.bad_evals = 0
         self.skipped_batches = 0
+        self.overflow_steps = 0  # fp16 updates the gradient scaler skipped (inf/NaN gradients)
         self._ddp: nn.Module | None = None
         self._trainable_key: tuple[bool, ...] | None = None
         if resume:
@@ -264,6 +265,7 @@ class Trainer:
             "history": self.history,
             "bad_evals": self.bad_evals,
             "skipped_batches": self.skipped_batches,
+            "overflow_steps": self.overflow_steps,
             "classes": self.classes,
             "recipe": self.recipe.model_dump(mode="json", by_alias=True),
             "rng": rng_state(),
@@ -287,8 +289,14 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.best, self.history = state["best"], state["history"]
         self.bad_evals, self.skipped_batches = state["bad_evals"], state["skipped_batches"]
+        self.overflow_steps = state.get("overflow_steps", 0)
         set_rng_state(state["rng"])
         self._log(f"Resumed from {path}: epoch {self.epoch}, step {self.step}.")
+        if self.ctx.is_main:
+            removed = remove_partial_writes(self.output)
+            if removed:
+                names = ", ".join(p.name for p in removed)
+                self._log(f"Removed {len(removed)} partial file(s) an interrupted write left behind: {names}.")
 
     # ------------------------------------------------------------------ logging
 
@@ -334,7 +342,7 @@ class Trainer:
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
-        count = 0
+        count = overflows = 0
         bar = tqdm(
             total=self.batches_per_epoch,
             desc=f"epoch {epoch + 1}/{optim.epochs}",
@@ -368,13 +376,19 @@ class Trainer:
                 if optim.clip_grad:
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), optim.clip_grad)
+                scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-                self.step += 1
-                if self.ema is not None:
-                    self.ema.update(self.model, step=self.step)
+                if scale is not None and self.scaler.get_scale() < scale:
+                    # inf/NaN gradients: the scaler skipped this update and lowered its scale; not a step done
+                    self.overflow_steps += 1
+                    overflows += 1
+                else:
+                    self.scheduler.step()
+                    self.step += 1
+                    if self.ema is not None:
+                        self.ema.update(self.model, step=self.step)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
@@ -382,6 +396,11 @@ class Trainer:
             bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
             bar.update(1)
         bar.close()
+        if overflows:
+            self._log(
+                f"epoch {epoch + 1}: the fp16 gradient scaler skipped {overflows} of {self.steps_per_epoch} updates "
+                f"(inf/NaN gradients); scale now {self.scaler.get_scale():g}."
+            )
         means = {f"train/{k}": v / max(1, count) for k, v in sums.items()}
         means["lr"] = max(g["lr"] for g in self.optimizer.param_groups)
         return means
@@ -452,7 +471,14 @@ class Trainer:
                     save_checkpoint(self._state() | {"epoch": epoch + 1}, self.output / "best.pt")
             elif metrics:
                 self.bad_evals += 1
-        row.update({"step": self.step, "time": time.perf_counter() - t0, "skipped_batches": self.skipped_batches})
+        row.update(
+            {
+                "step": self.step,
+                "time": time.perf_counter() - t0,
+                "skipped_batches": self.skipped_batches,
+                "overflow_steps": self.overflow_steps,
+            }
+        )
         self.history.append(row)
         self.epoch = epoch + 1
         if self.ctx.is_main:
@@ -504,6 +530,7 @@ class Trainer:
             "seconds": seconds,
             "stopped_early": stopped_early,
             "skipped_batches": self.skipped_batches,
+            "overflow_steps": self.overflow_steps,
             "metric": self.recipe.metric,
             "best": self.best,
             "test": test_metrics,
