@@ -69,6 +69,9 @@ class ModelConfig(_Section):
         max_size: Detection: cap on the longer side; ``null`` keeps ``data.image_size``.
         anchor_sizes: Detection: one tuple of sizes per pyramid level.
         score_thresh: Detection: minimum score kept at inference.
+        head_options: Detection: further options of torchvision's ``FasterRCNN`` or
+            ``RetinaNet``, e.g. ``{box_batch_size_per_image: 256, rpn_post_nms_top_n_train: 1000}``
+            (fewer sampled RoIs and proposals make CPU steps cheaper).
     """
 
     head: Literal["faster_rcnn", "retinanet", "deeplabv3", "deeplabv3plus", "fpn", "unet"]
@@ -86,6 +89,7 @@ class ModelConfig(_Section):
     max_size: int | None = Field(default=None, ge=32)
     anchor_sizes: list[list[int]] | None = None
     score_thresh: float = Field(default=0.05, ge=0.0, le=1.0)
+    head_options: dict[str, int | float | bool] = Field(default_factory=dict)
 
     @property
     def task(self) -> str:
@@ -102,6 +106,15 @@ class ModelConfig(_Section):
             raise ValueError(f"norm={self.norm!r} is not valid: expected one of {NORMS}")
         if self.trainable_stages is not None and not 0 <= self.trainable_stages <= 5:
             raise ValueError(f"trainable_stages={self.trainable_stages} is not valid: expected 0–5 or null")
+        if self.head_options:
+            if self.task != "detection":
+                raise ValueError(f"head_options apply to detection heads only, not to {self.head!r}")
+            from .heads.detection import check_head_kwargs
+
+            try:
+                check_head_kwargs(self.head, self.head_options)
+            except TypeError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
 

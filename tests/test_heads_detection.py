@@ -206,6 +206,28 @@ def test_build_detector_anchors_follow_a_built_backbone() -> None:
     assert retina.head.classification_head.num_anchors == 1
 
 
+def test_build_detector_passes_head_options_to_torchvision() -> None:
+    model = build_detector(
+        "faster_rcnn",
+        backbone="test_resnet",
+        num_classes=3,
+        min_size=64,
+        max_size=64,
+        box_batch_size_per_image=64,
+        rpn_post_nms_top_n_train=300,
+    )
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 64
+    assert model.rpn._post_nms_top_n["training"] == 300
+    retina = build_detector("retinanet", backbone="test_resnet", num_classes=3, topk_candidates=100)
+    assert retina.topk_candidates == 100
+    with pytest.raises(TypeError, match=r"'box_batch_size_per_img' .*Did you mean 'box_batch_size_per_image'\?"):
+        build_detector("faster_rcnn", backbone="test_resnet", num_classes=3, box_batch_size_per_img=64)
+    with pytest.raises(TypeError, match=r"'box_roi_pool' is not an option of torchvision's FasterRCNN"):
+        build_detector("faster_rcnn", backbone="test_resnet", num_classes=3, box_roi_pool=None)
+    with pytest.raises(TypeError, match=r"'rpn_nms_thresh' is not an option of torchvision's RetinaNet"):
+        build_detector("retinanet", backbone="test_resnet", num_classes=3, rpn_nms_thresh=0.5)
+
+
 def test_build_detector_adapts_in_chans() -> None:
     model = build_detector("faster_rcnn", backbone="test_resnet", num_classes=3, in_chans=1, min_size=64, max_size=64)
     assert model.backbone.body.in_chans == 1

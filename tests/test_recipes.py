@@ -62,6 +62,32 @@ def test_unknown_backbone_in_recipe(tmp_path: Path) -> None:
         load_recipe(path)
 
 
+def test_head_options_are_checked_against_the_torchvision_head(tmp_path: Path) -> None:
+    detection = BASE.replace("deeplabv3plus", "faster_rcnn").replace(
+        "format: shapes, image_size: 64", "format: voc, root: ."
+    )
+    recipe = load_recipe(
+        _write(
+            tmp_path,
+            detection.replace(
+                "backbone_weights: null", "backbone_weights: null, head_options: {box_batch_size_per_image: 128}"
+            ),
+        )
+    )
+    assert recipe.model.head_options == {"box_batch_size_per_image": 128}
+    path = _write(
+        tmp_path,
+        detection.replace("backbone_weights: null", "backbone_weights: null, head_options: {box_batch_size: 128}"),
+    )
+    with pytest.raises(RecipeError, match=r"model: .*'box_batch_size' is not an option of torchvision's FasterRCNN"):
+        load_recipe(path)
+    path = _write(
+        tmp_path, BASE.replace("backbone_weights: null", "backbone_weights: null, head_options: {topk_candidates: 9}")
+    )
+    with pytest.raises(RecipeError, match=r"head_options apply to detection heads only, not to 'deeplabv3plus'"):
+        load_recipe(path)
+
+
 def test_head_must_fit_data_format(tmp_path: Path) -> None:
     path = _write(
         tmp_path,

@@ -67,6 +67,7 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
             anchor_sizes=m.anchor_sizes,
             score_thresh=m.score_thresh,
             in_chans=m.in_chans,
+            **m.head_options,
         )
     return build_segmenter(
         m.head,

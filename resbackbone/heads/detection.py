@@ -274,6 +274,31 @@ def _anchors(
     return AnchorGenerator(sizes, ratios)
 
 
+# Constructor arguments build_detector sets itself, from its own parameters or the backbone.
+_OWN_ARGS = frozenset(
+    {"self", "backbone", "num_classes", "min_size", "max_size", "image_mean", "image_std", "kwargs"}
+    | {"rpn_anchor_generator", "anchor_generator", "box_roi_pool", "box_score_thresh", "score_thresh"}
+    | {"box_detections_per_img", "detections_per_img"}
+)
+
+
+def check_head_kwargs(arch: str, head_kwargs: Mapping[str, Any]) -> None:
+    """Refuse keyword arguments the torchvision head does not take, naming the ones it does."""
+    import difflib
+    import inspect
+
+    cls = FasterRCNN if arch == "faster_rcnn" else RetinaNet
+    valid = sorted(set(inspect.signature(cls.__init__).parameters) - _OWN_ARGS)
+    for key in head_kwargs:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise TypeError(
+                f"build_detector({arch!r}): {key!r} is not an option of torchvision's {cls.__name__} that "
+                f"can be passed through.{hint} Valid: {', '.join(valid)}."
+            )
+
+
 def build_detector(
     arch: str,
     *,
@@ -289,6 +314,7 @@ def build_detector(
     score_thresh: float = 0.05,
     detections_per_img: int = 100,
     in_chans: int = 3,
+    **head_kwargs: Any,
 ) -> FasterRCNN | RetinaNet:
     """Build a torchvision Faster R-CNN or RetinaNet on any registered backbone.
 
@@ -326,6 +352,9 @@ def build_detector(
         score_thresh: Detections scoring less are dropped in eval.
         detections_per_img: Detections kept per image in eval.
         in_chans: Input channels; the first conv and the normalisation are adapted.
+        **head_kwargs: Further keyword arguments of torchvision's ``FasterRCNN`` or
+            ``RetinaNet`` (e.g. ``rpn_post_nms_top_n_train=1000``,
+            ``box_batch_size_per_image=256``, ``fg_iou_thresh=0.5``).
 
     Returns:
         ``torchvision.models.detection.FasterRCNN`` or ``RetinaNet``, with
@@ -335,7 +364,8 @@ def build_detector(
         ValueError: Unknown ``arch``, ``num_classes < 1``, a backbone without the
             levels or stride the head needs, anchors that do not fit the pyramid,
             both ``weights`` and ``backbone_weights``, or a checkpoint that does not fit.
-        TypeError: ``backbone`` is neither a name nor a Backbone.
+        TypeError: ``backbone`` is neither a name nor a Backbone, or a ``head_kwargs``
+            key that the torchvision head does not take (or that this builder sets itself).
 
     Example:
         >>> model = build_detector("faster_rcnn", backbone="resnet18", num_classes=3, min_size=128, max_size=128)
@@ -362,6 +392,8 @@ def build_detector(
             f"build_detector(): detections_per_img={detections_per_img!r} is not valid: expected an int ≥ 1."
         )
 
+    check_head_kwargs(arch, head_kwargs)
+
     levels = _LEVELS[arch]
     body = resolve_backbone(
         backbone,
@@ -386,6 +418,7 @@ def build_detector(
             box_roi_pool=MultiScaleRoIAlign([k for k in fpn.strides if k != "pool"], output_size=7, sampling_ratio=2),
             box_score_thresh=score_thresh,
             box_detections_per_img=detections_per_img,
+            **head_kwargs,
         )
     else:
         fpn = build_fpn(body, extra_blocks="p6p7", levels=levels)
@@ -396,6 +429,7 @@ def build_detector(
             anchor_generator=anchors,
             score_thresh=score_thresh,
             detections_per_img=detections_per_img,
+            **head_kwargs,
         )
     model.transform = _CheckedTransform(
         min_size,
