@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import platform
 import statistics
 import time
@@ -46,7 +47,12 @@ def main() -> None:
     trainer.batches_per_epoch = args.steps
 
     bare_model = copy.deepcopy(trainer.model)
-    bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
+    # the same optimiser (class, fused kernel, settings) as the engine's, without its parameter groups
+    opt_cls = type(trainer.optimizer)
+    accepted = inspect.signature(opt_cls).parameters
+    bare_opt = opt_cls(
+        bare_model.parameters(), **{k: v for k, v in trainer.optimizer.defaults.items() if k in accepted}
+    )
     loss_fn = SegmentationLoss(recipe.model.loss, recipe.data.ignore_index)
 
     def bare() -> float:

@@ -40,8 +40,8 @@ def test_default_generation_is_fast_and_deterministic(tmp_path: Path) -> None:
     elapsed = time.perf_counter() - start
     assert elapsed < 10, f"generation took {elapsed:.1f} s"
     manifest = json.loads((full / "manifest.json").read_text())
-    assert manifest["params"] == {"seed": 0, "n_train": 256, "n_val": 64, "n_test": 64, "image_size": 128}
-    assert len(list((full / "images" / "train").iterdir())) == 256
+    assert manifest["params"] == {"seed": 0, "n_train": 1024, "n_val": 128, "n_test": 128, "image_size": 128}
+    assert len(list((full / "images" / "train").iterdir())) == 1024
     # every image depends only on (seed, split, index): a smaller run gives the same first files, byte for byte
     small = _files(ensure_shapes_dataset(tmp_path / "small", **SMALL))
     big = _files(full)
@@ -82,7 +82,7 @@ def test_never_overwrites_a_foreign_folder(tmp_path: Path) -> None:
 def test_default_location_is_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     root = ensure_shapes_dataset(**SMALL)
-    assert root.parent == tmp_path / "hub" / "datasets" and root.name.startswith("shapes-v1-")
+    assert root.parent == tmp_path / "hub" / "datasets" and root.name.startswith("shapes-v2-")
 
 
 def test_recipe_root_must_exist_and_is_never_generated(tmp_path: Path) -> None:

@@ -456,3 +456,14 @@ def test_predicting_1000_images_keeps_memory_flat_and_writes_every_result(tmp_pa
     records = [json.loads(line) for line in results.read_text().splitlines()]
     assert [Path(r["image"]).name for r in records] == sorted(p.name for p in images.iterdir())
     assert all(Path(r["mask"]).is_file() and sum(r["pixels"].values()) == 32 * 32 for r in records)
+
+
+def test_atomic_writes_get_the_permissions_a_plain_open_would(tmp_path: Path) -> None:
+    from resbackbone.engine.checkpoint import save_checkpoint
+
+    (tmp_path / "plain").write_bytes(b"")
+    save_checkpoint({"x": torch.zeros(1)}, tmp_path / "ckpt.pt")
+    assert (tmp_path / "ckpt.pt").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+    (tmp_path / "dir").mkdir()
+    root = ensure_shapes_dataset(tmp_path / "shapes", n_train=1, n_val=1, n_test=1, image_size=32)
+    assert root.stat().st_mode & 0o777 == (tmp_path / "dir").stat().st_mode & 0o777

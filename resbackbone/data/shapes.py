@@ -3,7 +3,7 @@
 Generated deterministically (numpy + PIL, fixed seed) into a real on-disk
 layout, so the quick start exercises the same readers as user data::
 
-    shapes-v1/
+    shapes-v2/
       annotations/{train,val,test}.json   COCO: boxes, polygon segmentations, categories 1..3
       images/{split}/00000.png            RGB, image_size x image_size
       masks/{split}/00000.png             palette PNG: 0 background, 1 circle, 2 square, 3 triangle
@@ -30,9 +30,9 @@ from .problems import DataError
 
 __all__ = ["SHAPES_NAME", "ensure_shapes_dataset", "verify_shapes_dataset"]
 
-SHAPES_NAME = "shapes-v1"
+SHAPES_NAME = "shapes-v2"
 _CLASSES = ("circle", "square", "triangle")
-_DEFAULTS = {"seed": 0, "n_train": 256, "n_val": 64, "n_test": 64, "image_size": 128}
+_DEFAULTS = {"seed": 0, "n_train": 1024, "n_val": 128, "n_test": 128, "image_size": 128}
 _PALETTE = [0, 0, 0, 230, 25, 75, 60, 180, 75, 0, 130, 200]
 
 
@@ -164,15 +164,15 @@ def ensure_shapes_dataset(
     root: str | Path | None = None,
     *,
     seed: int = 0,
-    n_train: int = 256,
-    n_val: int = 64,
-    n_test: int = 64,
+    n_train: int = 1024,
+    n_val: int = 128,
+    n_test: int = 128,
     image_size: int = 128,
 ) -> Path:
     """Return the folder of the shapes dataset, generating it first if needed.
 
     Args:
-        root: Dataset folder. Default: ``cache_dir("datasets") / "shapes-v1"``
+        root: Dataset folder. Default: ``cache_dir("datasets") / "shapes-v2"``
             (a suffixed name for non-default parameters).
         seed: Generator seed; the same parameters always give the same bytes.
         n_train: Training images.
@@ -215,6 +215,9 @@ def ensure_shapes_dataset(
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        tmp.chmod(0o777 & ~mask)  # mkdtemp makes 0700; give the folder what mkdir would
         _generate(tmp, params)
         if stale:
             trash = root.parent / f".{root.name}.stale-{os.getpid()}"
