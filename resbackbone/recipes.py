@@ -69,6 +69,9 @@ class ModelConfig(_Section):
         max_size: Detection: cap on the longer side; ``null`` keeps ``data.image_size``.
         anchor_sizes: Detection: one tuple of sizes per pyramid level.
         score_thresh: Detection: minimum score kept at inference.
+        levels: Faster R-CNN: backbone levels under the FPN; ``null`` takes C2–C5.
+            ``[C3, C4, C5]`` drops the stride-4 maps, the costliest part of a CPU step.
+        fpn_channels: Detection: width of the FPN maps (torchvision's 256; 128 for a CPU budget).
         head_options: Detection: further options of torchvision's ``FasterRCNN`` or
             ``RetinaNet``, e.g. ``{box_batch_size_per_image: 256, rpn_post_nms_top_n_train: 1000}``
             (fewer sampled RoIs and proposals make CPU steps cheaper).
@@ -89,6 +92,8 @@ class ModelConfig(_Section):
     max_size: int | None = Field(default=None, ge=32)
     anchor_sizes: list[list[int]] | None = None
     score_thresh: float = Field(default=0.05, ge=0.0, le=1.0)
+    levels: list[Literal["C2", "C3", "C4", "C5"]] | None = None
+    fpn_channels: int = Field(default=256, ge=8)
     head_options: dict[str, int | float | bool] = Field(default_factory=dict)
 
     @property
@@ -106,6 +111,10 @@ class ModelConfig(_Section):
             raise ValueError(f"norm={self.norm!r} is not valid: expected one of {NORMS}")
         if self.trainable_stages is not None and not 0 <= self.trainable_stages <= 5:
             raise ValueError(f"trainable_stages={self.trainable_stages} is not valid: expected 0–5 or null")
+        if self.levels is not None and self.head != "faster_rcnn":
+            raise ValueError(f"levels applies to faster_rcnn only (its FPN); {self.head!r} uses fixed levels")
+        if self.fpn_channels != 256 and self.task != "detection":
+            raise ValueError(f"fpn_channels applies to detection heads only, not to {self.head!r}")
         if self.head_options:
             if self.task != "detection":
                 raise ValueError(f"head_options apply to detection heads only, not to {self.head!r}")

@@ -228,6 +228,39 @@ def test_build_detector_passes_head_options_to_torchvision() -> None:
         build_detector("retinanet", backbone="test_resnet", num_classes=3, rpn_nms_thresh=0.5)
 
 
+def test_build_detector_on_c3_c5_with_a_narrow_fpn() -> None:
+    model = build_detector(
+        "faster_rcnn",
+        backbone="test_resnet",
+        num_classes=3,
+        min_size=64,
+        max_size=64,
+        levels=("C3", "C4", "C5"),
+        fpn_channels=32,
+        anchor_sizes=[(16,), (32,), (64,), (128,)],
+    )
+    body = model.backbone.body
+    assert body.feature_info.names == ("C3", "C4", "C5")
+    assert model.backbone.out_channels == 32
+    assert model.roi_heads.box_roi_pool.featmap_names == ["0", "1", "2"]
+    assert model.roi_heads.box_head.fc6.in_features == 32 * 7 * 7
+    _train_step(_lighten(model), body)
+    _check_detections(model, 3)
+    with pytest.raises(ValueError, match=r"RetinaNet uses C3–C5"):
+        build_detector("retinanet", backbone="test_resnet", num_classes=3, levels=("C2", "C3", "C4", "C5"))
+    with pytest.raises(ValueError, match=r"levels=\('C6',\) is not valid"):
+        build_detector("faster_rcnn", backbone="test_resnet", num_classes=3, levels=("C6",))
+    with pytest.raises(ValueError, match=r"Faster R-CNN needs levels \('C2', 'C3'\).*C2 missing"):
+        build_detector(
+            "faster_rcnn",
+            backbone=create_backbone("test_resnet", out_levels=("C3", "C4")),
+            num_classes=3,
+            levels=("C2", "C3"),
+        )
+    with pytest.raises(ValueError, match="out_channels=0 is not valid"):
+        build_detector("faster_rcnn", backbone="test_resnet", num_classes=3, fpn_channels=0)
+
+
 def test_build_detector_adapts_in_chans() -> None:
     model = build_detector("faster_rcnn", backbone="test_resnet", num_classes=3, in_chans=1, min_size=64, max_size=64)
     assert model.backbone.body.in_chans == 1

@@ -88,6 +88,20 @@ def test_head_options_are_checked_against_the_torchvision_head(tmp_path: Path) -
         load_recipe(path)
 
 
+def test_levels_and_fpn_channels_apply_to_the_heads_that_have_them(tmp_path: Path) -> None:
+    detection = BASE.replace("deeplabv3plus", "faster_rcnn").replace(
+        "format: shapes, image_size: 64", "format: voc, root: ."
+    )
+    recipe = load_recipe(_write(tmp_path, detection), overrides=["model.levels=[C3,C4,C5]", "model.fpn_channels=128"])
+    assert recipe.model.levels == ["C3", "C4", "C5"] and recipe.model.fpn_channels == 128
+    with pytest.raises(RecipeError, match=r"model\.levels\.0: .*'C2', 'C3', 'C4' or 'C5'"):
+        load_recipe(_write(tmp_path, detection), overrides=["model.levels=[P3]"])
+    with pytest.raises(RecipeError, match=r"levels applies to faster_rcnn only"):
+        load_recipe(_write(tmp_path, BASE), overrides=["model.levels=[C3,C4,C5]"])
+    with pytest.raises(RecipeError, match=r"fpn_channels applies to detection heads only"):
+        load_recipe(_write(tmp_path, BASE), overrides=["model.fpn_channels=128"])
+
+
 def test_head_must_fit_data_format(tmp_path: Path) -> None:
     path = _write(
         tmp_path,

@@ -40,7 +40,7 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
     detection = recipe.task == "detection"
     backbone: str | Backbone = m.backbone
     if m.norm is not None:
-        levels = _HEAD_LEVELS[m.head]
+        levels = tuple(m.levels) if m.levels else _HEAD_LEVELS[m.head]
         if m.head == "deeplabv3" and m.aux_loss:
             levels = ("C4", "C5")
         backbone = create_backbone(
@@ -67,6 +67,8 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
             anchor_sizes=m.anchor_sizes,
             score_thresh=m.score_thresh,
             in_chans=m.in_chans,
+            levels=m.levels,
+            fpn_channels=m.fpn_channels,
             **m.head_options,
         )
     return build_segmenter(

@@ -49,6 +49,12 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+    # OpenCV (under albumentations) would start a thread pool per worker, competing with the
+    # training step's threads for the cores: the albumentations docs advise one thread in workers
+    import cv2
+
+    cv2.setNumThreads(0)
+    cv2.ocl.setUseOpenCL(False)
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:

@@ -314,6 +314,8 @@ def build_detector(
     score_thresh: float = 0.05,
     detections_per_img: int = 100,
     in_chans: int = 3,
+    levels: Sequence[str] | None = None,
+    fpn_channels: int = 256,
     **head_kwargs: Any,
 ) -> FasterRCNN | RetinaNet:
     """Build a torchvision Faster R-CNN or RetinaNet on any registered backbone.
@@ -352,6 +354,12 @@ def build_detector(
         score_thresh: Detections scoring less are dropped in eval.
         detections_per_img: Detections kept per image in eval.
         in_chans: Input channels; the first conv and the normalisation are adapted.
+        levels: Faster R-CNN: backbone levels the FPN is built on; ``None`` takes C2–C5
+            (or what a built backbone returns). ``("C3", "C4", "C5")`` drops the
+            stride-4 maps, where the FPN and RPN convolutions cost most (a CPU budget).
+            RetinaNet always uses C3–C5.
+        fpn_channels: Width of the FPN maps (256 in torchvision; 128 quarters the cost
+            of the FPN, RPN and RoI-head convolutions).
         **head_kwargs: Further keyword arguments of torchvision's ``FasterRCNN`` or
             ``RetinaNet`` (e.g. ``rpn_post_nms_top_n_train=1000``,
             ``box_batch_size_per_image=256``, ``fg_iou_thresh=0.5``).
@@ -393,23 +401,30 @@ def build_detector(
         )
 
     check_head_kwargs(arch, head_kwargs)
+    if levels is not None:
+        if isinstance(levels, str) or not all(isinstance(lv, str) for lv in levels):
+            raise TypeError("build_detector(): levels must be a sequence of level names such as ('C3', 'C4', 'C5').")
+        if arch == "retinanet" and tuple(levels) != _LEVELS["retinanet"]:
+            raise ValueError(f"build_detector('retinanet'): levels={tuple(levels)}; RetinaNet uses C3–C5 (P3–P7).")
+        if not levels or not set(levels) <= set(LEVELS):
+            raise ValueError(f"build_detector(): levels={tuple(levels)} is not valid: expected a subset of {LEVELS}.")
 
-    levels = _LEVELS[arch]
     body = resolve_backbone(
         backbone,
         builder="build_detector",
         head={"faster_rcnn": "Faster R-CNN", "retinanet": "RetinaNet"}[arch],
-        need=_NEEDS[arch],
-        build_levels=levels,
+        need=tuple(levels) if levels is not None else _NEEDS[arch],
+        build_levels=tuple(levels) if levels is not None else _LEVELS[arch],
         weights=backbone_weights,
         output_stride=32,
         in_chans=in_chans,
         norm="frozen_bn" if backbone_weights is not None else "bn",
         trainable_stages=trainable_stages,
     )
-    levels = levels if arch == "retinanet" else body.feature_info.names
+    if levels is None:
+        levels = _LEVELS[arch] if arch == "retinanet" else body.feature_info.names
     if arch == "faster_rcnn":
-        fpn = build_fpn(body, extra_blocks="maxpool", levels=levels)
+        fpn = build_fpn(body, out_channels=fpn_channels, extra_blocks="maxpool", levels=levels)
         anchors = _anchors(arch, list(fpn.strides.values()), anchor_sizes, aspect_ratios)
         model: FasterRCNN | RetinaNet = FasterRCNN(
             fpn,
@@ -421,7 +436,7 @@ def build_detector(
             **head_kwargs,
         )
     else:
-        fpn = build_fpn(body, extra_blocks="p6p7", levels=levels)
+        fpn = build_fpn(body, out_channels=fpn_channels, extra_blocks="p6p7", levels=levels)
         anchors = _anchors(arch, list(fpn.strides.values()), anchor_sizes, aspect_ratios)
         model = RetinaNet(
             fpn,
