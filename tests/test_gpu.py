@@ -53,7 +53,10 @@ def test_engine_runs_on_cuda_with_amp(head: str, amp: str, tmp_path: Path, sessi
         overrides.append("eval.metric=map50")
     trainer = Trainer(load_recipe(REPO_ROOT / "recipes" / "quickstart.yaml", overrides=overrides), progress=False)
     summary = trainer.fit()
-    assert summary["steps"] == 3 and summary["device"].startswith("cuda")
+    # fp16: the gradient scaler skips updates whose gradients overflow at its initial scale (2**16),
+    # common in a detector's first steps from random weights; those are counted apart, not as steps
+    assert summary["steps"] + summary["overflow_steps"] == 3 and summary["device"].startswith("cuda")
+    assert amp == "fp16" or summary["overflow_steps"] == 0
     assert all(p.device.type == "cuda" for p in trainer.model.parameters())
 
 
