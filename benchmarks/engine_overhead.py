@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from resbackbone.engine import Trainer
-from resbackbone.engine.trainer import SegmentationLoss
+from resbackbone.engine.losses import SegmentationLoss
 from resbackbone.recipes import load_recipe
 
 

@@ -1,8 +1,9 @@
 """Training, evaluation and prediction for detection and segmentation recipes."""
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .evaluate import evaluate_model
 from .predict import evaluate_checkpoint, load_model, predict
-from .trainer import Trainer, TrainingError, evaluate_model
+from .trainer import Trainer, TrainingError
 
 __all__ = [
     "Trainer",

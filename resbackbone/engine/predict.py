@@ -64,7 +64,7 @@ def evaluate_checkpoint(
 
     from ..data import build_dataset, detection_collate
     from .distributed import _pick_device
-    from .trainer import evaluate_model
+    from .evaluate import evaluate_model
 
     dev = _pick_device(device, 0)
     model, trained, classes = load_model(checkpoint, device=dev)

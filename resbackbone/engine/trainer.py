@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
@@ -30,9 +29,10 @@ from ..recipes import Recipe
 from . import distributed
 from .builders import build_model, build_optimizer, build_scheduler, find_backbone, input_normalization
 from .checkpoint import load_checkpoint, remove_partial_writes, rng_state, save_checkpoint, set_rng_state
-from .metrics import DetectionMetric, SegmentationMetric
+from .evaluate import autocast, evaluate_model, to_device
+from .losses import SegmentationLoss
 
-__all__ = ["Trainer", "TrainingError", "evaluate_model", "seed_everything"]
+__all__ = ["Trainer", "TrainingError", "seed_everything"]
 
 
 class TrainingError(RuntimeError):
@@ -55,87 +55,6 @@ def _seed_worker(worker_id: int) -> None:
 
     cv2.setNumThreads(0)
     cv2.ocl.setUseOpenCL(False)
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _to_device(images: Any, targets: Any, device: torch.device, channels_last: bool) -> tuple[Any, Any]:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    if isinstance(images, Tensor):
-        images = images.to(device, non_blocking=True, memory_format=fmt)
-    else:
-        images = [im.to(device, non_blocking=True) for im in images]
-    if isinstance(targets, Tensor):
-        targets = targets.to(device, non_blocking=True)
-    else:
-        targets = [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets]
-    return images, targets
-
-
-class SegmentationLoss(nn.Module):
-    """Cross-entropy, Dice (``smp.losses.DiceLoss``) or their sum; auxiliary logits weigh 0.4."""
-
-    def __init__(self, kind: str, ignore_index: int) -> None:
-        super().__init__()
-        import segmentation_models_pytorch as smp
-
-        self.kind = kind
-        self.ignore_index = ignore_index
-        self.dice = smp.losses.DiceLoss(mode="multiclass", from_logits=True, ignore_index=ignore_index)
-
-    def _one(self, logits: Tensor, target: Tensor) -> Tensor:
-        logits = logits.float()
-        loss = logits.new_zeros(())
-        if "ce" in self.kind:
-            loss = loss + F.cross_entropy(logits, target, ignore_index=self.ignore_index)
-        if "dice" in self.kind:
-            loss = loss + self.dice(logits, target)
-        return loss
-
-    def forward(self, output: Tensor | dict[str, Tensor], target: Tensor) -> dict[str, Tensor]:
-        if isinstance(output, dict):
-            parts = {"loss_seg": self._one(output["out"], target)}
-            if "aux" in output:
-                parts["loss_aux"] = 0.4 * self._one(output["aux"], target)
-            return parts
-        return {"loss_seg": self._one(output, target)}
-
-
-@torch.no_grad()
-def evaluate_model(
-    model: nn.Module,
-    loader: DataLoader,
-    *,
-    task: str,
-    classes: list[str],
-    device: torch.device,
-    amp: str = "none",
-    ignore_index: int = 255,
-    channels_last: bool = False,
-    progress: bool = False,
-) -> dict[str, float]:
-    """Metrics of ``model`` over ``loader`` (reduced over processes when distributed)."""
-    from tqdm.auto import tqdm
-
-    model.eval()
-    metric: DetectionMetric | SegmentationMetric = (
-        DetectionMetric(classes) if task == "detection" else SegmentationMetric(classes, ignore_index=ignore_index)
-    )
-    for images, targets in tqdm(loader, desc="eval", leave=False, disable=not progress):
-        images, targets = _to_device(images, targets, device, channels_last)
-        with autocast(device, amp):
-            output = model(images)
-        if task == "detection":
-            metric.update(output, targets)
-        else:
-            logits = output["out"] if isinstance(output, dict) else output
-            metric.update(logits.float(), targets)
-    return metric.compute()
 
 
 class Trainer:
@@ -356,7 +275,7 @@ class Trainer:
             leave=False,
         )
         for i, (images, targets) in self._batches(epoch):
-            images, targets = _to_device(images, targets, self.device, run.channels_last)
+            images, targets = to_device(images, targets, self.device, run.channels_last)
             update = (i + 1) % optim.accumulate == 0 or i + 1 == self.batches_per_epoch
             sync = model.no_sync() if (self.ctx.distributed and not update) else contextlib.nullcontext()
             with sync:
