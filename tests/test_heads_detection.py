@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -206,16 +207,12 @@ def test_build_detector_anchors_follow_a_built_backbone() -> None:
     assert retina.head.classification_head.num_anchors == 1
 
 
+def _small_faster_rcnn(**kwargs: Any) -> FasterRCNN:
+    return build_detector("faster_rcnn", backbone="test_resnet", num_classes=3, min_size=64, max_size=64, **kwargs)
+
+
 def test_build_detector_passes_head_options_to_torchvision() -> None:
-    model = build_detector(
-        "faster_rcnn",
-        backbone="test_resnet",
-        num_classes=3,
-        min_size=64,
-        max_size=64,
-        box_batch_size_per_image=64,
-        rpn_post_nms_top_n_train=300,
-    )
+    model = _small_faster_rcnn(box_batch_size_per_image=64, rpn_post_nms_top_n_train=300)
     assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 64
     assert model.rpn._post_nms_top_n["training"] == 300
     retina = build_detector("retinanet", backbone="test_resnet", num_classes=3, topk_candidates=100)
@@ -229,16 +226,7 @@ def test_build_detector_passes_head_options_to_torchvision() -> None:
 
 
 def test_build_detector_on_c3_c5_with_a_narrow_fpn() -> None:
-    model = build_detector(
-        "faster_rcnn",
-        backbone="test_resnet",
-        num_classes=3,
-        min_size=64,
-        max_size=64,
-        levels=("C3", "C4", "C5"),
-        fpn_channels=32,
-        anchor_sizes=[(16,), (32,), (64,), (128,)],
-    )
+    model = _small_faster_rcnn(levels=("C3", "C4", "C5"), fpn_channels=32, anchor_sizes=[(16,), (32,), (64,), (128,)])
     body = model.backbone.body
     assert body.feature_info.names == ("C3", "C4", "C5")
     assert model.backbone.out_channels == 32
