@@ -112,12 +112,21 @@ class ModelConfig(_Section):
         if self.trainable_stages is not None and not 0 <= self.trainable_stages <= 5:
             raise ValueError(f"trainable_stages={self.trainable_stages} is not valid: expected 0–5 or null")
         if self.levels is not None and self.head != "faster_rcnn":
-            raise ValueError(f"levels applies to faster_rcnn only (its FPN); {self.head!r} uses fixed levels")
-        if self.fpn_channels != 256 and self.task != "detection":
-            raise ValueError(f"fpn_channels applies to detection heads only, not to {self.head!r}")
+            raise ValueError(
+                f"levels={self.levels} applies to faster_rcnn only (its FPN); {self.head!r} uses fixed levels: "
+                "remove model.levels"
+            )
+        if "fpn_channels" in self.model_fields_set and self.task != "detection":
+            raise ValueError(
+                f"fpn_channels={self.fpn_channels} applies to detection heads only, not to {self.head!r}: "
+                "remove model.fpn_channels"
+            )
         if self.head_options:
             if self.task != "detection":
-                raise ValueError(f"head_options apply to detection heads only, not to {self.head!r}")
+                raise ValueError(
+                    f"head_options {sorted(self.head_options)} apply to detection heads only, not to {self.head!r}: "
+                    "remove model.head_options"
+                )
             from .heads.detection import check_head_kwargs
 
             try:

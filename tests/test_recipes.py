@@ -84,7 +84,9 @@ def test_head_options_are_checked_against_the_torchvision_head(tmp_path: Path) -
     path = _write(
         tmp_path, BASE.replace("backbone_weights: null", "backbone_weights: null, head_options: {topk_candidates: 9}")
     )
-    with pytest.raises(RecipeError, match=r"head_options apply to detection heads only, not to 'deeplabv3plus'"):
+    with pytest.raises(
+        RecipeError, match=r"head_options \['topk_candidates'\] apply to detection heads only, not to 'deeplabv3plus'"
+    ):
         load_recipe(path)
 
 
@@ -96,9 +98,9 @@ def test_levels_and_fpn_channels_apply_to_the_heads_that_have_them(tmp_path: Pat
     assert recipe.model.levels == ["C3", "C4", "C5"] and recipe.model.fpn_channels == 128
     with pytest.raises(RecipeError, match=r"model\.levels\.0: .*'C2', 'C3', 'C4' or 'C5'"):
         load_recipe(_write(tmp_path, detection), overrides=["model.levels=[P3]"])
-    with pytest.raises(RecipeError, match=r"levels applies to faster_rcnn only"):
+    with pytest.raises(RecipeError, match=r"levels=\['C3', 'C4', 'C5'\] applies to faster_rcnn.*remove model\.levels"):
         load_recipe(_write(tmp_path, BASE), overrides=["model.levels=[C3,C4,C5]"])
-    with pytest.raises(RecipeError, match=r"fpn_channels applies to detection heads only"):
+    with pytest.raises(RecipeError, match=r"fpn_channels=128 applies to detection.*remove model\.fpn_channels"):
         load_recipe(_write(tmp_path, BASE), overrides=["model.fpn_channels=128"])
 
 
