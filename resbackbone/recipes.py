@@ -116,7 +116,8 @@ class ModelConfig(_Section):
                 f"levels={self.levels} applies to faster_rcnn only (its FPN); {self.head!r} uses fixed levels: "
                 "remove model.levels"
             )
-        if "fpn_channels" in self.model_fields_set and self.task != "detection":
+        # against the field's default, not model_fields_set: a checkpoint's dumped recipe sets every field
+        if self.fpn_channels != type(self).model_fields["fpn_channels"].default and self.task != "detection":
             raise ValueError(
                 f"fpn_channels={self.fpn_channels} applies to detection heads only, not to {self.head!r}: "
                 "remove model.fpn_channels"

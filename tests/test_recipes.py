@@ -16,6 +16,8 @@ def test_every_recipe_loads_and_validates(path: Path) -> None:
     recipe = load_recipe(path)
     assert isinstance(recipe, Recipe) and recipe.name
     assert recipe.task in ("detection", "segmentation")
+    # checkpoints store the dumped recipe, with every field set: it must validate again unchanged
+    assert Recipe.model_validate(recipe.model_dump(mode="json", by_alias=True)) == recipe
 
 
 def _write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
