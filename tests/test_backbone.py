@@ -201,16 +201,67 @@ def test_frozen_bn_with_weights(tmp_path) -> None:
     torch.testing.assert_close(backbone.train()(x)["C5"], source(x)["C5"])
 
 
+ALL_STAGES = ("stem", "C2", "C3", "C4", "C5")
+
+
 @pytest.mark.parametrize("name", TINY)
-def test_grad_checkpointing_gives_same_gradients(name: str) -> None:
+@pytest.mark.parametrize(("enable", "trainable_stages"), [(True, None), (ALL_STAGES, None), (ALL_STAGES, 3)])
+def test_grad_checkpointing_gives_same_gradients(name: str, enable: object, trainable_stages: int | None) -> None:
+    # trainable_stages=3: the input of C3 does not require grad, the case reentrant checkpointing cannot take
     x = torch.randn(2, 3, 64, 64)
     grads = []
-    for enable in (False, True):
+    for checkpointing in (False, enable):
         torch.manual_seed(0)
-        backbone = create_backbone(name, grad_checkpointing=enable)
+        backbone = create_backbone(name, trainable_stages=trainable_stages, grad_checkpointing=checkpointing)
         sum(o.square().mean() for o in backbone(x).values()).backward()
-        grads.append(torch.cat([p.grad.flatten() for p in backbone.parameters()]))
+        grads.append([p.grad for p in backbone.parameters() if p.requires_grad])
+    assert all(g is not None for g in grads[1]), "a checkpointed stage lost its parameters' gradients"
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def _saved_bytes(backbone: nn.Module, x: torch.Tensor) -> int:
+    """Bytes the forward keeps for backward (the activation memory checkpointing trades for recomputation)."""
+    weights = {p.untyped_storage().data_ptr() for p in backbone.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in weights:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        backbone(x)
+    return sum(seen.values())
+
+
+def test_grad_checkpointing_keeps_less_for_backward() -> None:
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(0)
+    backbone = create_backbone("resnet18")
+    plain = _saved_bytes(backbone, x)
+    backbone.set_grad_checkpointing(True)
+    default = _saved_bytes(backbone, x)
+    backbone.set_grad_checkpointing(ALL_STAGES)
+    every = _saved_bytes(backbone, x)
+    assert every < default < 0.5 * plain
+
+
+@pytest.mark.parametrize(
+    ("output_stride", "expected"),
+    [(32, ("stem", "layer1", "layer2")), (8, ("stem", "layer1", "layer2", "layer3", "layer4"))],
+)
+def test_grad_checkpointing_default_takes_the_fine_stages(output_stride: int, expected: tuple[str, ...]) -> None:
+    backbone = create_backbone("test_resnet", output_stride=output_stride, grad_checkpointing=True)
+    assert backbone.checkpoint_stages == expected and backbone.grad_checkpointing is True
+    backbone.set_grad_checkpointing(["C4", "stem"])
+    assert backbone.checkpoint_stages == ("stem", "layer3") and backbone.grad_checkpointing == ("C4", "stem")
+    backbone.set_grad_checkpointing(False)
+    assert backbone.checkpoint_stages == () and not backbone.grad_checkpointing
+
+
+def test_grad_checkpointing_names_an_unknown_stage() -> None:
+    with pytest.raises(ValueError, match=r"\['C6'\] name no stage of 'test_resnet'.*'layer1', 'C2'"):
+        create_backbone("test_resnet", grad_checkpointing=["C2", "C6"])
 
 
 def test_drop_path_rate_reaches_the_blocks() -> None:

@@ -131,6 +131,7 @@ def test_training_figures_with_and_without_checkpointing(model: str) -> None:
     assert result["results"] == []
     rows = result["train"]
     assert [(r["model"], r["grad_checkpointing"]) for r in rows] == [(model, False), (model, True)]
+    assert [r["checkpoint_stages"] for r in rows] == [[], ["stem", "layer1", "layer2"]]
     for row in rows:
         assert set(row) == set(TRAIN_FIELDS)
         assert row["status"] == "ok" and row["step_ms_p50"] > 0 and row["peak_memory_mib"] > 0
@@ -148,6 +149,7 @@ def test_training_figures_with_and_without_checkpointing(model: str) -> None:
         ({"input_sizes": (16,)}, r"sizes under 32 px"),
         ({"repeats": 0}, r"repeats=0 is not valid"),
         ({"backbones": ("resnet5",)}, r"Unknown backbone 'resnet5'"),
+        ({"train_checkpointing": ("C2", "C7")}, r"train_checkpointing has 'C7', which is not one of \('stem', 'C2'"),
     ],
 )
 def test_bad_config_raises(overrides: dict, match: str) -> None:
@@ -170,6 +172,15 @@ def test_cli_bench_command_writes_reports(tmp_path: Path, capsys: pytest.Capture
     assert document["config"]["modes"] == ["eager"]
     assert main([*argv[:-1], str(tmp_path / "script")]) == 0
     assert (tmp_path / "script" / "bench.png").is_file()
+
+
+def test_cli_bench_checkpoint_stages(tmp_path: Path) -> None:
+    argv = ["bench", "test_resnet", "-b", "1", "-s", "64", "--devices", "cpu", "--train-only"]
+    argv += ["--train-models", "backbone", "--checkpoint-stages", "C5,stem", "--warmup", "1", "--repeats", "1"]
+    assert cli.main([*argv, "--out", str(tmp_path)]) == 0
+    document = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["checkpoint_stages"] for r in document["train"]] == [[], ["stem", "layer4"]]
+    assert "stem,layer4" in (tmp_path / "bench.md").read_text()
 
 
 def test_cli_bench_reports_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
@@ -201,3 +212,14 @@ def test_tensor_peak_counts_live_tensors_not_views_or_existing_ones() -> None:
 
 def test_matmul_ceiling_is_positive() -> None:
     assert matmul_ceiling(torch.device("cpu"), torch.float32, budget_s=0.01) > 0.1
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [("fp32", (torch.float32, False)), ("tf32", (torch.float32, True)), ("bf16", (torch.bfloat16, False))],
+)
+def test_ceiling_keys_map_to_matmul_settings(key: str, expected: tuple) -> None:
+    # "tf32" is probed on CUDA only: this is its one check on a machine without a GPU
+    from resbackbone.bench.engine import _probe_args
+
+    assert _probe_args(key) == expected

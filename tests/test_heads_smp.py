@@ -105,10 +105,13 @@ def test_make_dilated_rebuilds_with_the_backbones_own_dilation() -> None:
     torch.manual_seed(0)
     encoder = ResBackboneEncoder("test_resnet_bottleneck")
     encoder.backbone.set_trainable_stages(2)
+    encoder.backbone.set_grad_checkpointing(True)
     state = {k: v.clone() for k, v in encoder.backbone.state_dict().items()}
     encoder.make_dilated(8)
     assert encoder.output_stride == 8 and encoder.backbone.feature_info["C5"].stride == 8
     assert encoder.backbone.trainable_stages == 2
+    # True means the stages at stride 8 or finer, which now include C4 and C5
+    assert encoder.backbone.checkpoint_stages == ("stem", "layer1", "layer2", "layer3", "layer4")
     reference = create_backbone("test_resnet_bottleneck", output_stride=8, weights=state).eval()
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(encoder.eval()(x)[-1], reference(x)["C5"])

@@ -89,6 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--train-only", action="store_true", help="only the training figures (implies --train)")
     add("--train-models", type=_csv(str), default=TRAIN_MODELS, help=f"from {', '.join(TRAIN_MODELS)} (both)")
     add("--train-amp", action="store_true", help="training steps under bf16 autocast")
+    add(
+        "--checkpoint-stages",
+        type=_csv(str),
+        default=None,
+        help="stages the checkpointed steps recompute, from stem,C2,C3,C4,C5 "
+        "(default: the backbone's own choice, the stages at stride 8 or finer)",
+    )
     add("--warmup", type=int, default=3, help="untimed calls per model; the first compiles (3)")
     add("--repeats", type=int, default=10, help="timed calls per model, interleaved (10)")
     add("--weights", default=None, help="weight string for all models (default: seeded random, BN stats randomised)")
@@ -112,6 +119,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         train=args.train or args.train_only,
         train_models=args.train_models,
         train_amp=args.train_amp,
+        train_checkpointing=True if args.checkpoint_stages is None else args.checkpoint_stages,
         warmup=args.warmup,
         repeats=args.repeats,
         weights=args.weights,

@@ -18,6 +18,7 @@ from torch import Tensor
 from ..backbone import Backbone, create_backbone
 from ..inference import native_low_precision
 from ..registry import get_spec
+from ..specs import LEVELS
 from .machine import (
     MatmulProbe,
     PeakMemory,
@@ -46,7 +47,8 @@ RESULT_FIELDS: tuple[str, ...] = (
 """Fields of every row of ``results`` in the JSON (all present, ``None`` where not measured)."""
 
 TRAIN_FIELDS: tuple[str, ...] = (
-    "backbone", "device", "batch_size", "input_size", "model", "grad_checkpointing", "amp_bf16", "status", "note",
+    "backbone", "device", "batch_size", "input_size", "model", "grad_checkpointing", "checkpoint_stages", "amp_bf16",
+    "status", "note",
     "images_per_s", "step_ms_p50", "step_ms_p95", "peak_memory_mib", "memory_method", "peak_rss_mib", "memory_saving",
     "time_overhead", "setup_s", "repeats",
 )  # fmt: skip
@@ -84,6 +86,9 @@ class BenchConfig:
         train: Add forward+backward figures with and without gradient checkpointing.
         train_models: ``"backbone"`` and/or ``"fasterrcnn_fpn"``.
         train_amp: Train steps under bf16 autocast.
+        train_checkpointing: What the checkpointed steps pass to
+            ``set_grad_checkpointing``: ``True`` (the backbone's default, the
+            stages at stride 8 or finer) or ``"stem"`` and levels (``("stem", "C2")``).
         warmup: Untimed calls per model (the first one compiles).
         repeats: Timed calls per model, interleaved across models.
         weights: Weight string for every model, or ``None`` for seeded random
@@ -106,6 +111,7 @@ class BenchConfig:
     train: bool = False
     train_models: tuple[str, ...] = TRAIN_MODELS
     train_amp: bool = False
+    train_checkpointing: bool | tuple[str, ...] = True
     warmup: int = 3
     repeats: int = 10
     weights: str | None = None
@@ -122,6 +128,8 @@ class BenchConfig:
         _check_tuple("competitors", self.competitors or ("timm",), tuple(COMPETITORS))
         self.devices = _check_tuple("devices", self.devices, ("auto", "cpu", "cuda"))
         self.train_models = _check_tuple("train_models", self.train_models, TRAIN_MODELS)
+        if not isinstance(self.train_checkpointing, bool):
+            self.train_checkpointing = _check_tuple("train_checkpointing", self.train_checkpointing, ("stem", *LEVELS))
         for name in ("batch_sizes", "input_sizes"):
             values = _check_tuple(name, getattr(self, name))
             if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
@@ -159,7 +167,8 @@ def _macs(name: str, size: int, fpn_channels: int | None) -> float:
 
 
 def _probe_args(key: str) -> tuple[torch.dtype, bool]:
-    return {"fp32": (torch.float32, False), "tf32": (torch.float32, True)}.get(key, (_DTYPES[key], False))
+    """The dtype and TF32 switch of a ceiling key (``"tf32"`` is fp32 with TF32 allowed, CUDA only)."""
+    return (torch.float32, True) if key == "tf32" else (_DTYPES[key], False)
 
 
 def _ceilings(device: torch.device, dtypes: set[torch.dtype], budget_s: float) -> dict[str, float]:
@@ -368,6 +377,7 @@ def run_benchmark(config: BenchConfig, *, command: str | None = None) -> dict[st
                             warmup=max(1, config.warmup),
                             repeats=config.repeats,
                             amp=config.train_amp,
+                            checkpointing=config.train_checkpointing,
                         )
     document["machine"]["load_average_end"] = machine_info()["load_average"]
     document["duration_s"] = time.perf_counter() - started

@@ -81,7 +81,7 @@ def _train_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
     body = [
         [
             row["model"],
-            "y" if row["grad_checkpointing"] else "n",
+            ",".join(row["checkpoint_stages"]) or "n",
             "bf16" if row["amp_bf16"] else "fp32",
             _num(row["images_per_s"], ".1f"),
             _num(row["step_ms_p50"], ".0f"),

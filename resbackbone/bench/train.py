@@ -92,11 +92,13 @@ def run_train(
     warmup: int,
     repeats: int,
     amp: bool,
+    checkpointing: bool | tuple[str, ...] = True,
 ) -> list[dict[str, Any]]:
     """Forward+backward step time and peak memory, plain and with gradient checkpointing.
 
     The two variants of one model share weights, input and targets and are
-    timed in alternating rounds.
+    timed in alternating rounds; ``checkpointing`` is what the second passes
+    to ``set_grad_checkpointing``.
 
     Returns:
         One row per (model, grad_checkpointing), fields as ``TRAIN_FIELDS``.
@@ -106,49 +108,51 @@ def run_train(
     x = torch.randn(batch, 3, size, size, generator=generator).to(device)
     targets = _boxes(batch, size, device, generator)
     for model_kind in models:
-        steps, memory, setup = {}, {}, {}
-        for checkpointing in (False, True):
+        steps, memory, setup, stages = {}, {}, {}, {}
+        for variant in (False, True):
             start = time.perf_counter()
             body = build_reference(name, weights=weights, seed=seed, device=device)
-            body.set_grad_checkpointing(checkpointing)
+            body.set_grad_checkpointing(checkpointing if variant else False)
+            stages[variant] = list(body.checkpoint_stages)
             model = body if model_kind == "backbone" else _faster_rcnn(body, size).to(device)
             model.train()
             step = _step_fn(model_kind, model, x, targets, amp)
             for _ in range(max(warmup, 1)):
                 step()
-            setup[checkpointing] = time.perf_counter() - start
+            setup[variant] = time.perf_counter() - start
             with PeakMemory(device, tensors=True) as peak:
                 step()
-            memory[checkpointing] = peak
-            steps[checkpointing] = step
+            memory[variant] = peak
+            steps[variant] = step
         times: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(repeats):
-            for checkpointing, step in steps.items():
-                times[checkpointing].append(timed(step, device))
-        for checkpointing in (False, True):
-            p50 = median(times[checkpointing])
+            for variant, step in steps.items():
+                times[variant].append(timed(step, device))
+        for variant in (False, True):
+            p50 = median(times[variant])
             row = {
                 "backbone": name,
                 "device": device.type,
                 "batch_size": batch,
                 "input_size": size,
                 "model": model_kind,
-                "grad_checkpointing": checkpointing,
+                "grad_checkpointing": variant,
+                "checkpoint_stages": stages[variant],
                 "amp_bf16": amp,
                 "status": "ok",
                 "note": "",
                 "images_per_s": batch / p50,
                 "step_ms_p50": p50 * 1e3,
-                "step_ms_p95": percentile(times[checkpointing], 95) * 1e3,
-                "peak_memory_mib": memory[checkpointing].mib,
-                "memory_method": memory[checkpointing].method,
-                "peak_rss_mib": memory[checkpointing].rss_mib,
+                "step_ms_p95": percentile(times[variant], 95) * 1e3,
+                "peak_memory_mib": memory[variant].mib,
+                "memory_method": memory[variant].method,
+                "peak_rss_mib": memory[variant].rss_mib,
                 "memory_saving": None,
                 "time_overhead": None,
-                "setup_s": setup[checkpointing],
+                "setup_s": setup[variant],
                 "repeats": repeats,
             }
-            if checkpointing:
+            if variant:
                 plain_mem, plain_time = memory[False].mib, median(times[False])
                 if plain_mem and memory[True].mib is not None:
                     row["memory_saving"] = 1 - memory[True].mib / plain_mem
