@@ -45,9 +45,22 @@ from .backbone import check_input
 if TYPE_CHECKING:
     from .backbone import Backbone
 
-__all__ = ["InferenceBackbone", "compile_frozen", "fold_batch_norms", "native_low_precision", "optimize_for_inference"]
+__all__ = [
+    "CompileFallbackWarning",
+    "InferenceBackbone",
+    "compile_frozen",
+    "fold_batch_norms",
+    "native_low_precision",
+    "optimize_for_inference",
+]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class CompileFallbackWarning(UserWarning):
+    """``torch.compile`` is unavailable or failed: the folded model runs eagerly."""
+
+
 _CONTIGUOUS_MARGIN = 0.9  # contiguous must be 10 % faster to be chosen
 
 
@@ -265,7 +278,11 @@ class InferenceBackbone(nn.Module):
             self._use(compile_frozen(self.trunk, mode=mode))
             self.compiled = True
         except Exception as exc:  # torch.compile unsupported on this Python/platform
-            warnings.warn(f"torch.compile is unavailable ({exc!r}); running the folded model eagerly.", stacklevel=3)
+            warnings.warn(
+                f"torch.compile is unavailable ({exc!r}); running the folded model eagerly.",
+                CompileFallbackWarning,
+                stacklevel=3,
+            )
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         """Compute the pyramid.
@@ -296,6 +313,7 @@ class InferenceBackbone(nn.Module):
                     warnings.warn(
                         f"torch.compile failed ({type(exc).__name__}: {exc}); running the folded model eagerly "
                         "from now on.",
+                        CompileFallbackWarning,
                         stacklevel=2,
                     )
                     self._use(self.trunk)

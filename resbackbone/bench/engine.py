@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..backbone import Backbone, create_backbone
-from ..inference import native_low_precision
+from ..inference import CompileFallbackWarning, native_low_precision
 from ..registry import get_spec
 from ..specs import LEVELS
 from .machine import (
@@ -266,7 +266,8 @@ def _run_config(
             continue
         if candidate.fast is not None:  # a failed compilation falls back on the first call
             candidate.compiled = candidate.fast.compiled
-        fallback = [str(w.message) for w in caught if "torch.compile" in str(w.message)]
+        # only the fallbacks: torch's own deprecation notices also name torch.compile
+        fallback = [str(w.message) for w in caught if issubclass(w.category, CompileFallbackWarning)]
         row.update(
             status="ok",
             note="; ".join([candidate.note, *fallback]).strip("; ")[:300],
