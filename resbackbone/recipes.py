@@ -75,6 +75,8 @@ class ModelConfig(_Section):
         head_options: Detection: further options of torchvision's ``FasterRCNN`` or
             ``RetinaNet``, e.g. ``{box_batch_size_per_image: 256, rpn_post_nms_top_n_train: 1000}``
             (fewer sampled RoIs and proposals make CPU steps cheaper).
+        grad_checkpointing: Recompute backbone activations in backward to save memory:
+            ``true`` for the stages at stride 8 or finer, or a list from ``stem``, ``C2``–``C5``.
     """
 
     head: Literal["faster_rcnn", "retinanet", "deeplabv3", "deeplabv3plus", "fpn", "unet"]
@@ -95,6 +97,7 @@ class ModelConfig(_Section):
     levels: list[Literal["C2", "C3", "C4", "C5"]] | None = None
     fpn_channels: int = Field(default=256, ge=8)
     head_options: dict[str, int | float | bool] = Field(default_factory=dict)
+    grad_checkpointing: bool | list[Literal["stem", "C2", "C3", "C4", "C5"]] = False
 
     @property
     def task(self) -> str:

@@ -108,9 +108,12 @@ def test_freeze_then_unfreeze_and_discriminative_lr(tmp_path: Path, session_cach
             "model.trainable_stages=2",
             "optim.backbone_lr_mult=0.1",
             "optim.layer_decay=0.5",
+            # every stage recomputed, frozen ones included: the first trainable block's input has no grad
+            "model.grad_checkpointing=[stem,C2,C3,C4,C5]",
         ),
         progress=False,
     )
+    assert trainer.backbone.checkpoint_stages == ("stem", "layer1", "layer2", "layer3", "layer4")
     before = {k: v.clone() for k, v in trainer.backbone.state_dict().items()}
     trainer.run_epoch()
     after = trainer.backbone.state_dict()

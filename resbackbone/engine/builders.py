@@ -55,7 +55,7 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
         backbone_weights = None
     if detection:
         side = max(recipe.data.size_hw)
-        return build_detector(
+        model = build_detector(
             m.head,
             backbone=backbone,
             num_classes=num_classes,
@@ -71,17 +71,20 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
             fpn_channels=m.fpn_channels,
             **m.head_options,
         )
-    return build_segmenter(
-        m.head,
-        backbone=backbone,
-        num_classes=num_classes,
-        weights=m.weights,
-        backbone_weights=backbone_weights,
-        output_stride=m.output_stride,
-        aux_loss=m.aux_loss,
-        trainable_stages=m.trainable_stages,
-        in_chans=m.in_chans,
-    )
+    else:
+        model = build_segmenter(
+            m.head,
+            backbone=backbone,
+            num_classes=num_classes,
+            weights=m.weights,
+            backbone_weights=backbone_weights,
+            output_stride=m.output_stride,
+            aux_loss=m.aux_loss,
+            trainable_stages=m.trainable_stages,
+            in_chans=m.in_chans,
+        )
+    find_backbone(model).set_grad_checkpointing(m.grad_checkpointing)
+    return model
 
 
 def find_backbone(model: nn.Module) -> Backbone:
