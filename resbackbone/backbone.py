@@ -110,6 +110,9 @@ class Backbone(nn.Module):
         std: Per-channel input std the weights expect.
         weights: The weight string loaded, or ``None`` for random init.
         load_report: The :class:`~resbackbone.weights.LoadReport` of the last load.
+        grad_checkpointing: What :meth:`set_grad_checkpointing` was given
+            (assigning it calls that method).
+        checkpoint_stages: The stages it recomputes in backward.
     """
 
     def __init__(
@@ -126,8 +129,9 @@ class Backbone(nn.Module):
         self.spec = spec
         self.in_chans = in_chans
         self.output_stride = output_stride
-        self.grad_checkpointing: bool | tuple[str, ...] = False
+        self._grad_checkpointing: bool | tuple[str, ...] = False
         self.checkpoint_stages: tuple[str, ...] = ()
+        self.checkpoint_reentrant = True
         self.trainable_stages: int | None = None
         self.weights: str | None = None
         self.load_report: Any = None
@@ -238,43 +242,65 @@ class Backbone(nn.Module):
         n_trainable = n if self.trainable_stages is None else self.trainable_stages
         return tuple(stage.name for stage in self._stages[: n - n_trainable])
 
-    def set_grad_checkpointing(self, enable: bool | Sequence[str] = True) -> None:
+    def set_grad_checkpointing(self, enable: bool | Sequence[str] = True, *, reentrant: bool = True) -> None:
         """Recompute activations in backward instead of storing them, block by block.
 
         ``True`` checkpoints the stages that run at stride 8 or finer: the
         stem, C2 and C3, and C4/C5 too when dilated to output stride 8. They
         hold most of the activation memory, which grows with resolution, for
-        less than half of the forward's FLOPs (resnet50, batch 64, 224×224 on
-        one H100: 47 % less peak memory for +24 % step time; every stage:
-        62 % for +40 %). Name the stages to choose otherwise.
-
-        Blocks whose input requires grad use reentrant checkpointing, which
-        costs a third of the host time of the non-reentrant form (on a GPU
-        that host time, not the recomputation, sets the step time); such a
-        model trains with ``loss.backward()``, not ``torch.autograd.grad``.
+        about half of the recomputation (resnet50, batch 64, 224×224, one
+        H100: 47 % less peak memory for +28 % step time; every stage: 62 %
+        for +62 %). Name the stages to choose otherwise. Batch norms in
+        training mode update their running statistics again when recomputed.
 
         Args:
             enable: ``True``, ``False``, or the stages to checkpoint by level or
                 stage name (``("stem", "C2", "C3", "C4", "C5")`` for all).
+            reentrant: Use reentrant checkpointing for blocks whose input
+                requires grad (the others always use the non-reentrant form).
+                On a GPU it takes two thirds of the host time of the
+                non-reentrant form, which at batch 64 sets the step time
+                (+28 % instead of +50 %), but the model then trains with
+                ``loss.backward()`` only: pass ``False`` for
+                ``torch.autograd.grad``, double backward, or DDP with
+                ``find_unused_parameters=True``.
 
         Raises:
             ValueError: A name that is neither a level nor a stage of this backbone.
+            TypeError: ``enable`` is neither a bool nor a sequence of names.
         """
-        if isinstance(enable, bool):
+        if isinstance(enable, numbers.Integral):  # bool, numpy bools, 0/1
+            enable = bool(enable)
             chosen = [stage.name for stage in self._stages if enable and self._stage_stride(stage) <= 8]
-        else:
-            names = [enable] if isinstance(enable, str) else list(enable)
+        elif isinstance(enable, str) or (isinstance(enable, Sequence) and all(isinstance(n, str) for n in enable)):
+            names = (enable,) if isinstance(enable, str) else tuple(enable)
             by_name = {key: stage.name for stage in self._stages for key in (stage.name, stage.level) if key}
             unknown = [n for n in names if n not in by_name]
             if unknown:
                 raise ValueError(
-                    f"grad_checkpointing={enable!r}: {unknown} name no stage of {self.name!r}; expected True, "
-                    f"False or a list of levels or stage names from {list(by_name)}."
+                    f"grad_checkpointing={enable!r} is not valid: {unknown} name no stage of {self.name!r}; "
+                    f"expected True, False or levels or stage names from {list(by_name)}."
                 )
             chosen = [by_name[n] for n in names]
-        self.checkpoint_stages = tuple(stage.name for stage in self._stages if stage.name in chosen)
+            enable = names
+        else:
+            raise TypeError(
+                f"grad_checkpointing={enable!r} is not valid: expected True, False or a list of stage names "
+                "such as ['stem', 'C2', 'C3']."
+            )
+        # the stages this backbone runs (a pruned one has nothing to recompute)
+        self.checkpoint_stages = tuple(stage.name for stage in self._run if stage.name in chosen)
+        self.checkpoint_reentrant = bool(reentrant)
         # what was asked, kept for a rebuild with another output stride; checkpoint_stages is what it means here
-        self.grad_checkpointing = enable if isinstance(enable, bool) else tuple(names)
+        self._grad_checkpointing = enable
+
+    @property
+    def grad_checkpointing(self) -> bool | tuple[str, ...]:
+        return self._grad_checkpointing
+
+    @grad_checkpointing.setter
+    def grad_checkpointing(self, enable: bool | Sequence[str]) -> None:
+        self.set_grad_checkpointing(enable)
 
     def _stage_stride(self, stage: StageSpec) -> int:
         """The stride of a stage's output: 4 for the stem and C2, then doubling up to ``output_stride``."""
@@ -322,7 +348,7 @@ class Backbone(nn.Module):
         for stage in self._run:
             modules = [self.get_submodule(path) for path in stage.modules]
             if use_checkpoint and stage.name in self.checkpoint_stages:
-                x = _checkpoint(modules, x)
+                x = _checkpoint(stage, modules, x, reentrant=self.checkpoint_reentrant)
             else:
                 for module in modules:
                     x = module(x)
@@ -334,23 +360,33 @@ class Backbone(nn.Module):
         return f"name={self.name!r}, levels={self.feature_info.names}, output_stride={self.output_stride}"
 
 
-def _checkpoint(modules: list[nn.Module], x: Tensor) -> Tensor:
-    """One stage: a sequence of blocks block by block, anything else (a stem) as one unit.
+def _checkpoint(stage: StageSpec, modules: list[nn.Module], x: Tensor, *, reentrant: bool) -> Tensor:
+    """A stage of blocks block by block; a stem, or a stage of unknown structure, as one unit.
 
     Reentrant checkpointing only where the input requires grad: without that
-    it would leave the parameters inside without gradients (a frozen stem).
+    it would leave the parameters inside without gradients (after a frozen stage).
     """
-    if len(modules) == 1 and isinstance(modules[0], nn.Sequential):
-        for block in modules[0]:
-            x = checkpoint(block, x, use_reentrant=x.requires_grad)
-        return x
+    blocks = _blocks(modules[0]) if stage.level is not None and len(modules) == 1 else None
+    if blocks is None:
 
-    def run(x: Tensor) -> Tensor:
-        for module in modules:
-            x = module(x)
-        return x
+        def run(x: Tensor) -> Tensor:
+            for module in modules:
+                x = module(x)
+            return x
 
-    return checkpoint(run, x, use_reentrant=x.requires_grad)
+        return checkpoint(run, x, use_reentrant=reentrant and x.requires_grad)
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=reentrant and x.requires_grad)
+    return x
+
+
+def _blocks(module: nn.Module) -> nn.Sequential | None:
+    """The blocks a stage runs one after another: the stage itself, or a timm ``ResNetStage``'s ``blocks``."""
+    from timm.models.resnetv2 import ResNetStage
+
+    if isinstance(module, ResNetStage):
+        return module.blocks
+    return module if isinstance(module, nn.Sequential) else None
 
 
 # ------------------------------------------------------------------ norm policy

@@ -55,13 +55,11 @@ __all__ = [
 ]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_CONTIGUOUS_MARGIN = 0.9  # contiguous must be 10 % faster to be chosen
 
 
 class CompileFallbackWarning(UserWarning):
     """``torch.compile`` is unavailable or failed: the folded model runs eagerly."""
-
-
-_CONTIGUOUS_MARGIN = 0.9  # contiguous must be 10 % faster to be chosen
 
 
 class _Levels(nn.Module):

@@ -205,14 +205,22 @@ ALL_STAGES = ("stem", "C2", "C3", "C4", "C5")
 
 
 @pytest.mark.parametrize("name", TINY)
-@pytest.mark.parametrize(("enable", "trainable_stages"), [(True, None), (ALL_STAGES, None), (ALL_STAGES, 3)])
-def test_grad_checkpointing_gives_same_gradients(name: str, enable: object, trainable_stages: int | None) -> None:
-    # trainable_stages=3: the input of C3 does not require grad, the case reentrant checkpointing cannot take
+@pytest.mark.parametrize(
+    ("enable", "trainable_stages", "reentrant", "drop_path_rate"),
+    [(True, None, True, 0.0), (ALL_STAGES, None, True, 0.5), (ALL_STAGES, 3, True, 0.0), (ALL_STAGES, 3, False, 0.5)],
+)
+def test_grad_checkpointing_gives_same_gradients(
+    name: str, enable: object, trainable_stages: int | None, reentrant: bool, drop_path_rate: float
+) -> None:
+    # trainable_stages=3: the input of C3 does not require grad, the case reentrant checkpointing cannot take;
+    # drop path: the recomputation must draw the same random masks as the forward
     x = torch.randn(2, 3, 64, 64)
     grads = []
     for checkpointing in (False, enable):
         torch.manual_seed(0)
-        backbone = create_backbone(name, trainable_stages=trainable_stages, grad_checkpointing=checkpointing)
+        backbone = create_backbone(name, trainable_stages=trainable_stages, drop_path_rate=drop_path_rate)
+        backbone.set_grad_checkpointing(checkpointing, reentrant=reentrant)
+        torch.manual_seed(1)
         sum(o.square().mean() for o in backbone(x).values()).backward()
         grads.append([p.grad for p in backbone.parameters() if p.requires_grad])
     assert all(g is not None for g in grads[1]), "a checkpointed stage lost its parameters' gradients"
@@ -220,7 +228,14 @@ def test_grad_checkpointing_gives_same_gradients(name: str, enable: object, trai
 
 
 def _saved_bytes(backbone: nn.Module, x: torch.Tensor) -> int:
-    """Bytes the forward keeps for backward (the activation memory checkpointing trades for recomputation)."""
+    """Bytes of activations the forward keeps for backward, parameters aside.
+
+    Only the innermost saved-tensor hooks see a tensor: inside a non-reentrant
+    checkpoint, those are the checkpoint's own, so what it keeps is not counted.
+    Reentrant checkpoints (every block here, the input requiring grad) save
+    their inputs through these hooks, and the checkpointed stem's are kept by
+    the first block's reentrant checkpoint.
+    """
     weights = {p.untyped_storage().data_ptr() for p in backbone.parameters()}
     seen: dict[int, int] = {}
 
@@ -234,10 +249,11 @@ def _saved_bytes(backbone: nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
-def test_grad_checkpointing_keeps_less_for_backward() -> None:
+@pytest.mark.parametrize("name", ["resnet18", "test_resnetv2"])
+def test_grad_checkpointing_keeps_less_for_backward(name: str) -> None:
     x = torch.randn(2, 3, 64, 64)
     torch.manual_seed(0)
-    backbone = create_backbone("resnet18")
+    backbone = create_backbone(name)
     plain = _saved_bytes(backbone, x)
     backbone.set_grad_checkpointing(True)
     default = _saved_bytes(backbone, x)
@@ -257,11 +273,20 @@ def test_grad_checkpointing_default_takes_the_fine_stages(output_stride: int, ex
     assert backbone.checkpoint_stages == ("stem", "layer3") and backbone.grad_checkpointing == ("C4", "stem")
     backbone.set_grad_checkpointing(False)
     assert backbone.checkpoint_stages == () and not backbone.grad_checkpointing
+    backbone.grad_checkpointing = True  # timm-style assignment goes through the method
+    assert backbone.checkpoint_stages == expected
+
+
+def test_grad_checkpointing_lists_only_stages_that_run() -> None:
+    backbone = create_backbone("test_resnet", out_levels=("C2", "C3"), output_stride=8, grad_checkpointing=True)
+    assert backbone.checkpoint_stages == ("stem", "layer1", "layer2")
 
 
 def test_grad_checkpointing_names_an_unknown_stage() -> None:
     with pytest.raises(ValueError, match=r"\['C6'\] name no stage of 'test_resnet'.*'layer1', 'C2'"):
         create_backbone("test_resnet", grad_checkpointing=["C2", "C6"])
+    with pytest.raises(TypeError, match=r"grad_checkpointing=None is not valid: expected True, False or a list"):
+        create_backbone("test_resnet", grad_checkpointing=None)
 
 
 def test_drop_path_rate_reaches_the_blocks() -> None:

@@ -153,6 +153,7 @@ def test_training_figures_with_and_without_checkpointing(model: str) -> None:
         ({"input_sizes": (16,)}, r"sizes under 32 px"),
         ({"repeats": 0}, r"repeats=0 is not valid"),
         ({"backbones": ("resnet5",)}, r"Unknown backbone 'resnet5'"),
+        ({"train_checkpointing": False}, r"train_checkpointing=False would time two plain steps"),
         ({"train_checkpointing": ("C2", "C7")}, r"train_checkpointing has 'C7', which is not one of \('stem', 'C2'"),
     ],
 )

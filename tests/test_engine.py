@@ -121,6 +121,7 @@ def test_freeze_then_unfreeze_and_discriminative_lr(tmp_path: Path, session_cach
     trainer.run_epoch()
     assert trainer.backbone.frozen_stages == ("stem", "layer1", "layer2")
     assert not torch.equal(before["layer4.0.conv1.weight"], trainer.backbone.layer4[0].conv1.weight)
+    assert not torch.equal(before["layer3.0.conv1.weight"], trainer.backbone.layer3[0].conv1.weight)
     assert torch.equal(before["layer1.0.conv1.weight"], trainer.backbone.layer1[0].conv1.weight)
     assert trainer.optimizer.defaults["fused"], "the CPU optimiser should be the fused implementation"
     scales = {g["group"]: g["lr_scale"] for g in trainer.optimizer.param_groups}

@@ -107,7 +107,8 @@ def test_levels_and_fpn_channels_apply_to_the_heads_that_have_them(tmp_path: Pat
 
 
 def test_grad_checkpointing_takes_true_or_stages(tmp_path: Path) -> None:
-    assert load_recipe(_write(tmp_path, BASE), overrides=["model.grad_checkpointing=true"]).model.grad_checkpointing
+    recipe = load_recipe(_write(tmp_path, BASE), overrides=["model.grad_checkpointing=true"])
+    assert recipe.model.grad_checkpointing is True
     recipe = load_recipe(_write(tmp_path, BASE), overrides=["model.grad_checkpointing=[stem,C2]"])
     assert recipe.model.grad_checkpointing == ["stem", "C2"]
     with pytest.raises(RecipeError, match=r"model\.grad_checkpointing\..*'C4' or 'C5' \(got 'C6'\)"):

@@ -128,7 +128,9 @@ class BenchConfig:
         _check_tuple("competitors", self.competitors or ("timm",), tuple(COMPETITORS))
         self.devices = _check_tuple("devices", self.devices, ("auto", "cpu", "cuda"))
         self.train_models = _check_tuple("train_models", self.train_models, TRAIN_MODELS)
-        if not isinstance(self.train_checkpointing, bool):
+        if self.train_checkpointing is False:
+            raise ValueError("train_checkpointing=False would time two plain steps: pass True or stage names.")
+        if self.train_checkpointing is not True:
             self.train_checkpointing = _check_tuple("train_checkpointing", self.train_checkpointing, ("stem", *LEVELS))
         for name in ("batch_sizes", "input_sizes"):
             values = _check_tuple(name, getattr(self, name))

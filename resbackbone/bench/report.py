@@ -69,7 +69,7 @@ def _inference_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[s
 def _train_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     header = [
         "model",
-        "grad ckpt",
+        "checkpointed",
         "amp",
         "img/s",
         "step p50 ms",

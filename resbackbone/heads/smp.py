@@ -100,9 +100,10 @@ def _norm_of(backbone: Backbone) -> str:
 def rebuild_backbone(backbone: Backbone, *, output_stride: int | None = None, in_chans: int | None = None) -> Backbone:
     """The same backbone built with another output stride or input width, its weights carried over.
 
-    Norm, levels, drop-path rate, trainable stages, gradient checkpointing, the
-    weight label, device and dtype are kept; a 3-channel first conv is adapted
-    to ``in_chans``.
+    Norm, levels, drop-path rate, trainable stages, the weight label, device and
+    dtype are kept, and gradient checkpointing as it was asked (``True`` takes
+    the stages at stride 8 or finer of the new stride); a 3-channel first conv
+    is adapted to ``in_chans``.
 
     Raises:
         ValueError: ``in_chans`` changes a first conv that is not RGB.
@@ -125,8 +126,8 @@ def rebuild_backbone(backbone: Backbone, *, output_stride: int | None = None, in
         norm=_norm_of(backbone),
         trainable_stages=backbone.trainable_stages,
         drop_path_rate=rate,
-        grad_checkpointing=backbone.grad_checkpointing,
     )
+    new.set_grad_checkpointing(backbone.grad_checkpointing, reentrant=backbone.checkpoint_reentrant)
     new.weights, new.load_report = backbone.weights, backbone.load_report
     new.mean, new.std = adapt_stats(backbone.mean, new_in), adapt_stats(backbone.std, new_in)
     param = next(backbone.parameters())
