@@ -96,6 +96,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else None
     try:
         Trainer(recipe, resume=args.resume, progress=not args.no_progress, output=output).fit()
+        distributed.teardown(wait=True)
     finally:
         distributed.teardown()
     return 0

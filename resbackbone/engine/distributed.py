@@ -59,6 +59,14 @@ def setup(requested_device: str = "auto") -> DistContext:
     return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
-def teardown() -> None:
+def teardown(*, wait: bool = False) -> None:
+    """Leave the process group; with ``wait``, once every rank has got here.
+
+    Waiting keeps a rank that finishes first (the ones that write nothing)
+    from closing its connections while rank 0 still writes its checkpoint and
+    logs; after an error there is no waiting, the other ranks may never come.
+    """
     if dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
