@@ -31,6 +31,7 @@ from .specs import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     LEVELS,
+    NOMINAL_STRIDES,
     NORMS,
     OUTPUT_STRIDES,
     RESNET_STAGES,
@@ -303,8 +304,8 @@ class Backbone(nn.Module):
         self.set_grad_checkpointing(enable)
 
     def _stage_stride(self, stage: StageSpec) -> int:
-        """The stride of a stage's output: 4 for the stem and C2, then doubling up to ``output_stride``."""
-        return 4 if stage.level is None else min(2 ** int(stage.level[1:]), self.output_stride)
+        """The stride of a stage's output: the level's nominal one up to ``output_stride``; the stem's is C2's."""
+        return min(NOMINAL_STRIDES[stage.level or "C2"], self.output_stride)
 
     def train(self, mode: bool = True) -> Backbone:
         super().train(mode)

@@ -20,8 +20,8 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -213,11 +213,10 @@ def ensure_shapes_dataset(
                 ) from None
             stale = True
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    # mkdir, not mkdtemp (0700): the dataset gets the permissions the umask gives any folder
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
     try:
-        mask = os.umask(0o022)
-        os.umask(mask)
-        tmp.chmod(0o777 & ~mask)  # mkdtemp makes 0700; give the folder what mkdir would
         _generate(tmp, params)
         if stale:
             trash = root.parent / f".{root.name}.stale-{os.getpid()}"

@@ -53,36 +53,29 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
             trainable_stages=m.trainable_stages,
         )
         backbone_weights = None
+    common = {
+        "backbone": backbone,
+        "num_classes": num_classes,
+        "weights": m.weights,
+        "backbone_weights": backbone_weights,
+        "trainable_stages": m.trainable_stages,
+        "in_chans": m.in_chans,
+    }
     if detection:
         side = max(recipe.data.size_hw)
         model = build_detector(
             m.head,
-            backbone=backbone,
-            num_classes=num_classes,
-            weights=m.weights,
-            backbone_weights=backbone_weights,
-            trainable_stages=m.trainable_stages,
+            **common,
             min_size=m.min_size or side,
             max_size=m.max_size or side,
             anchor_sizes=m.anchor_sizes,
             score_thresh=m.score_thresh,
-            in_chans=m.in_chans,
             levels=m.levels,
             fpn_channels=m.fpn_channels,
             **m.head_options,
         )
     else:
-        model = build_segmenter(
-            m.head,
-            backbone=backbone,
-            num_classes=num_classes,
-            weights=m.weights,
-            backbone_weights=backbone_weights,
-            output_stride=m.output_stride,
-            aux_loss=m.aux_loss,
-            trainable_stages=m.trainable_stages,
-            in_chans=m.in_chans,
-        )
+        model = build_segmenter(m.head, **common, output_stride=m.output_stride, aux_loss=m.aux_loss)
     find_backbone(model).set_grad_checkpointing(m.grad_checkpointing)
     return model
 
