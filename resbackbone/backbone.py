@@ -14,9 +14,7 @@ With ``output_stride=16`` the last stage is dilated instead of strided
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
-import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.checkpoint import checkpoint
 
+from .norms import convert_norm
 from .registry import get_spec
 from .specs import (
     IMAGENET_MEAN,
@@ -34,43 +32,15 @@ from .specs import (
     NOMINAL_STRIDES,
     NORMS,
     OUTPUT_STRIDES,
-    RESNET_STAGES,
-    RESNETV2_STAGES,
     BackboneSpec,
     FeatureInfo,
     LevelInfo,
     StageSpec,
 )
+from .stages import infer_stages, run_checkpointed
+from .weights import LoadReport, WeightsArg, adapt_stats, match_backbone_state, read_weights
 
-__all__ = ["Backbone", "create_backbone"]
-
-
-def _infer_stages(trunk: nn.Module, name: str) -> tuple[StageSpec, ...]:
-    from timm.models.resnet import ResNet
-    from timm.models.resnetv2 import ResNetV2
-
-    if isinstance(trunk, ResNet):
-        return RESNET_STAGES
-    if isinstance(trunk, ResNetV2):
-        return RESNETV2_STAGES
-    raise TypeError(
-        f"Backbone {name!r}: its builder returned a {type(trunk).__name__}, whose stages cannot be inferred. "
-        "Return a timm ResNet/ResNetV2, or pass stages=(StageSpec(...), ...) to register_backbone()."
-    )
-
-
-def adapt_stats(values: Sequence[float], in_chans: int) -> tuple[float, ...]:
-    """Adapt a per-channel mean or std to ``in_chans`` inputs, as the first conv is adapted.
-
-    One channel takes the average (the conv sums its RGB filters); other counts
-    repeat the values cyclically (the conv tiles its filters).
-    """
-    values = tuple(float(v) for v in values)
-    if len(values) == in_chans:
-        return values
-    if in_chans == 1:
-        return (sum(values) / len(values),)
-    return tuple(values[i % len(values)] for i in range(in_chans))
+__all__ = ["Backbone", "adapt_stats", "check_input", "create_backbone"]
 
 
 def check_input(name: str, in_chans: int, x: object) -> None:
@@ -114,6 +84,20 @@ class Backbone(nn.Module):
         grad_checkpointing: What :meth:`set_grad_checkpointing` was given
             (assigning it calls that method).
         checkpoint_stages: The stages it recomputes in backward.
+        spec: The registry's :class:`~resbackbone.specs.BackboneSpec`.
+        all_stages: The architecture's stages, stem first (:class:`~resbackbone.specs.StageSpec`).
+        kept_stages: The stages this backbone runs: up to the deepest level in ``out_levels``.
+        out_levels: The levels returned, in pyramid order.
+        first_conv: Module path of the first convolution (adapted for ``in_chans != 3``).
+        reference_keys: Every state-dict key of the full architecture, pruned stages included:
+            a checkpoint key among them but not in this backbone belongs to a removed stage.
+
+    Example:
+        >>> backbone = create_backbone("resnet18", out_levels=("C3", "C4"))
+        >>> [stage.name for stage in backbone.kept_stages]
+        ['stem', 'layer1', 'layer2', 'layer3']
+        >>> backbone.stage_modules("C4")
+        [Sequential(...)]
     """
 
     def __init__(
@@ -140,18 +124,18 @@ class Backbone(nn.Module):
         self.mean = adapt_stats(imagenet.mean if imagenet else IMAGENET_MEAN, in_chans)
         self.std = adapt_stats(imagenet.std if imagenet else IMAGENET_STD, in_chans)
 
-        stages = spec.stages or _infer_stages(trunk, spec.name)
+        stages = spec.stages or infer_stages(trunk, spec.name)
         out_levels = tuple(out_levels)
         deepest = max(i for i, stage in enumerate(stages) if stage.level in out_levels)
-        self._stages = stages
-        self._run = stages[: deepest + 1]
-        self._out_levels = out_levels
+        self.all_stages: tuple[StageSpec, ...] = tuple(stages)
+        self.kept_stages: tuple[StageSpec, ...] = self.all_stages[: deepest + 1]
+        self.out_levels: tuple[str, ...] = out_levels
 
         # Every key a full checkpoint of this architecture has, before pruning: lets
         # the loader tell "belongs to a removed stage" from "another architecture".
-        self._reference_keys = frozenset(trunk.state_dict())
+        self.reference_keys: frozenset[str] = frozenset(trunk.state_dict())
 
-        keep = {path.split(".")[0] for stage in self._run for path in stage.modules}
+        keep = {path.split(".")[0] for stage in self.kept_stages for path in stage.modules}
         for child_name, child in trunk.named_children():
             if child_name in keep:
                 self.add_module(child_name, child)
@@ -162,14 +146,14 @@ class Backbone(nn.Module):
                 if hasattr(owner, leaf):
                     delattr(owner, leaf)
 
-        self.first_conv = spec.first_conv or self._find_first_conv()
+        self.first_conv: str = spec.first_conv or self._find_first_conv()
         self.feature_info = self._feature_info(trunk)
         self.out_channels = {level.name: level.channels for level in self.feature_info}
 
     # ---------------------------------------------------------------- construction
 
     def _find_first_conv(self) -> str:
-        for path in self._run[0].modules:
+        for path in self.kept_stages[0].modules:
             module = self.get_submodule(path)
             for sub_name, sub in [("", module), *module.named_modules()]:
                 if isinstance(sub, nn.Conv2d):
@@ -178,7 +162,7 @@ class Backbone(nn.Module):
 
     def _feature_info(self, trunk: nn.Module) -> FeatureInfo:
         declared = {d["module"]: d for d in getattr(trunk, "feature_info", []) if isinstance(d, Mapping)}
-        levels = [stage for stage in self._run if stage.level in self._out_levels]
+        levels = [stage for stage in self.kept_stages if stage.level in self.out_levels]
         if all(stage.modules[-1] in declared for stage in levels):
             return FeatureInfo(
                 [
@@ -196,7 +180,7 @@ class Backbone(nn.Module):
         was_training = self.training
         self.eval()
         with torch.no_grad():
-            features = self._forward(torch.zeros(1, self.in_chans, size, size))
+            features = self.forward_stages(torch.zeros(1, self.in_chans, size, size))
         self.train(was_training)
         return FeatureInfo(
             [
@@ -204,6 +188,75 @@ class Backbone(nn.Module):
                 for s in levels
             ]
         )
+
+    # ---------------------------------------------------------------- weights and norms
+
+    def load_weights(
+        self, source: WeightsArg, *, strict: bool = True, progress: bool = True, label: str | None = None
+    ) -> LoadReport:
+        """Load a checkpoint and report what happened to every key.
+
+        The classifier is dropped, keys of stages removed by ``out_levels`` and
+        batch-norm statistics that GroupNorm has no use for are ignored, and the
+        first convolution is adapted when ``in_chans != 3``. Everything else must
+        match. Sets :attr:`weights`, :attr:`load_report` and, where the weights
+        record their normalisation, :attr:`mean`/:attr:`std`.
+
+        Args:
+            source: A weight string (``"imagenet"``, ``"torchvision:<TAG>"``,
+                ``"timm:<tag>"``, ``"https://…#sha256=<hex>"``), a path or a state dict.
+            strict: Raise when keys are missing, unexpected or of another shape.
+            progress: Show a progress bar while downloading.
+            label: What to call the weights in :attr:`weights` and the report
+                (for a state dict taken out of a larger checkpoint).
+
+        Returns:
+            The :class:`~resbackbone.weights.LoadReport`.
+
+        Raises:
+            ValueError: Nothing in the checkpoint fits, or (with ``strict``) part
+                does not; the message lists the keys.
+
+        Example:
+            >>> print(create_backbone("resnet50").load_weights("torchvision:IMAGENET1K_V2"))
+            LoadReport(torchvision:IMAGENET1K_V2: 318 loaded; ignored: 2 classifier)
+        """
+        read_label, state, wspec = read_weights(self.spec, source, progress=progress)
+        label = label or read_label
+        loaded, report = match_backbone_state(
+            state,
+            self.state_dict(),
+            reference_keys=self.reference_keys,
+            classifier=self.spec.classifier,
+            first_conv=self.first_conv,
+            in_chans=self.in_chans,
+            label=label,
+            name=self.name,
+        )
+        if strict and not report.ok:
+            raise ValueError(
+                f"Checkpoint {label} does not fit backbone {self.name!r}: {report}. Is it a checkpoint of another "
+                "architecture or built with other options? Pass strict=False to load_weights() to load what fits."
+            )
+        self.load_state_dict(loaded, strict=False)
+        self.weights = label
+        self.load_report = report
+        if wspec is not None:
+            self.mean = adapt_stats(wspec.mean, self.in_chans)
+            self.std = adapt_stats(wspec.std, self.in_chans)
+        return report
+
+    def set_norm(self, norm: str) -> None:
+        """Rewrite the batch norms under the policy ``norm``, in place.
+
+        ``"bn"`` keeps them, ``"frozen_bn"`` freezes statistics and affine
+        parameters, ``"gn"`` replaces them by GroupNorm (32 groups) and
+        ``"sync_bn"`` by SyncBatchNorm.
+
+        Raises:
+            ValueError: ``norm`` is not one of those.
+        """
+        convert_norm(self, norm)
 
     # ---------------------------------------------------------------- fine-tuning controls
 
@@ -217,7 +270,7 @@ class Backbone(nn.Module):
         Raises:
             ValueError: ``trainable_stages`` is outside 0 … number of stages.
         """
-        n = len(self._stages)
+        n = len(self.all_stages)
         if trainable_stages is not None and (
             isinstance(trainable_stages, bool)
             or not isinstance(trainable_stages, numbers.Integral)
@@ -229,9 +282,9 @@ class Backbone(nn.Module):
             )
         self.trainable_stages = None if trainable_stages is None else int(trainable_stages)
         n_trainable = n if trainable_stages is None else trainable_stages
-        for index, stage in enumerate(self._stages):
+        for index, stage in enumerate(self.all_stages):
             trainable = index >= n - n_trainable
-            for module in self._stage_modules(stage):
+            for module in self.stage_modules(stage):
                 for param in module.parameters():
                     param.requires_grad_(trainable)
         self.train(self.training)
@@ -239,9 +292,9 @@ class Backbone(nn.Module):
     @property
     def frozen_stages(self) -> tuple[str, ...]:
         """Names of the stages whose parameters are frozen."""
-        n = len(self._stages)
+        n = len(self.all_stages)
         n_trainable = n if self.trainable_stages is None else self.trainable_stages
-        return tuple(stage.name for stage in self._stages[: n - n_trainable])
+        return tuple(stage.name for stage in self.all_stages[: n - n_trainable])
 
     def set_grad_checkpointing(self, enable: bool | Sequence[str] = True, *, reentrant: bool = True) -> None:
         """Recompute activations in backward instead of storing them, block by block.
@@ -272,10 +325,10 @@ class Backbone(nn.Module):
         """
         if isinstance(enable, numbers.Integral):  # bool, numpy bools, 0/1
             enable = bool(enable)
-            chosen = [stage.name for stage in self._stages if enable and self._stage_stride(stage) <= 8]
+            chosen = [stage.name for stage in self.all_stages if enable and self._stage_stride(stage) <= 8]
         elif isinstance(enable, str) or (isinstance(enable, Sequence) and all(isinstance(n, str) for n in enable)):
             names = (enable,) if isinstance(enable, str) else tuple(enable)
-            by_name = {key: stage.name for stage in self._stages for key in (stage.name, stage.level) if key}
+            by_name = {key: stage.name for stage in self.all_stages for key in (stage.name, stage.level) if key}
             unknown = [n for n in names if n not in by_name]
             if unknown:
                 raise ValueError(
@@ -290,7 +343,7 @@ class Backbone(nn.Module):
                 "such as ['stem', 'C2', 'C3']."
             )
         # the stages this backbone runs (a pruned one has nothing to recompute)
-        self.checkpoint_stages = tuple(stage.name for stage in self._run if stage.name in chosen)
+        self.checkpoint_stages = tuple(stage.name for stage in self.kept_stages if stage.name in chosen)
         self.checkpoint_reentrant = bool(reentrant)
         # what was asked, kept for a rebuild with another output stride; checkpoint_stages is what it means here
         self._grad_checkpointing = enable
@@ -311,15 +364,28 @@ class Backbone(nn.Module):
         super().train(mode)
         if mode:
             frozen = set(self.frozen_stages)
-            for stage in self._stages:
+            for stage in self.all_stages:
                 if stage.name in frozen:
-                    for module in self._stage_modules(stage):
+                    for module in self.stage_modules(stage):
                         for sub in module.modules():
                             if isinstance(sub, _BatchNorm):
                                 sub.eval()
         return self
 
-    def _stage_modules(self, stage: StageSpec) -> list[nn.Module]:
+    def stage_modules(self, stage: StageSpec | str) -> list[nn.Module]:
+        """The modules of ``stage`` (a :class:`StageSpec`, or a stage or level name) this backbone still has.
+
+        A stage past the deepest requested level was removed: it has none.
+
+        Raises:
+            ValueError: ``stage`` names no stage of this backbone.
+        """
+        if isinstance(stage, str):
+            found = next((s for s in self.all_stages if stage in (s.name, s.level)), None)
+            if found is None:
+                names = [key for s in self.all_stages for key in (s.name, s.level) if key]
+                raise ValueError(f"stage={stage!r} names no stage of {self.name!r}; expected one of {names}.")
+            stage = found
         modules = []
         for path in stage.modules:
             with contextlib.suppress(AttributeError):  # a pruned stage
@@ -341,100 +407,28 @@ class Backbone(nn.Module):
             ValueError: ``x`` is not 4-D or has the wrong number of channels.
         """
         check_input(self.name, self.in_chans, x)
-        return self._forward(x)
+        return self.forward_stages(x)
 
-    def _forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+    def forward_stages(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        """The forward over the kept stages, without the input check of :meth:`forward`.
+
+        For tracing, export and wrappers that check their input themselves.
+        """
         out: OrderedDict[str, Tensor] = OrderedDict()
         use_checkpoint = bool(self.checkpoint_stages) and self.training and torch.is_grad_enabled()
-        for stage in self._run:
+        for stage in self.kept_stages:
             modules = [self.get_submodule(path) for path in stage.modules]
             if use_checkpoint and stage.name in self.checkpoint_stages:
-                x = _checkpoint(stage, modules, x, reentrant=self.checkpoint_reentrant)
+                x = run_checkpointed(stage, modules, x, reentrant=self.checkpoint_reentrant)
             else:
                 for module in modules:
                     x = module(x)
-            if stage.level in self._out_levels:
+            if stage.level in self.out_levels:
                 out[stage.level] = x
         return out
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, levels={self.feature_info.names}, output_stride={self.output_stride}"
-
-
-def _checkpoint(stage: StageSpec, modules: list[nn.Module], x: Tensor, *, reentrant: bool) -> Tensor:
-    """A stage of blocks block by block; a stem, or a stage of unknown structure, as one unit.
-
-    Reentrant checkpointing only where the input requires grad: without that
-    it would leave the parameters inside without gradients (after a frozen stage).
-    """
-    blocks = _blocks(modules[0]) if stage.level is not None and len(modules) == 1 else None
-    if blocks is None:
-
-        def run(x: Tensor) -> Tensor:
-            for module in modules:
-                x = module(x)
-            return x
-
-        return checkpoint(run, x, use_reentrant=reentrant and x.requires_grad)
-    for block in blocks:
-        x = checkpoint(block, x, use_reentrant=reentrant and x.requires_grad)
-    return x
-
-
-def _blocks(module: nn.Module) -> nn.Sequential | None:
-    """The blocks a stage runs one after another: the stage itself, or a timm ``ResNetStage``'s ``blocks``."""
-    from timm.models.resnetv2 import ResNetStage
-
-    if isinstance(module, ResNetStage):
-        return module.blocks
-    return module if isinstance(module, nn.Sequential) else None
-
-
-# ------------------------------------------------------------------ norm policy
-
-
-def _group_norm_like(bn: nn.Module) -> nn.Module:
-    from timm.layers import BatchNormAct2d, GroupNormAct
-
-    channels = bn.num_features
-    groups = math.gcd(32, channels)
-    if isinstance(bn, BatchNormAct2d):
-        gn: nn.Module = GroupNormAct(channels, num_groups=groups, eps=bn.eps, affine=bn.affine)
-        gn.act, gn.drop = bn.act, bn.drop
-    else:
-        gn = nn.GroupNorm(groups, channels, eps=bn.eps, affine=bn.affine)
-    if bn.affine:
-        with torch.no_grad():
-            gn.weight.copy_(bn.weight)
-            gn.bias.copy_(bn.bias)
-    return gn
-
-
-def _convert_to_group_norm(module: nn.Module) -> nn.Module:
-    if isinstance(module, _BatchNorm):
-        return _group_norm_like(module)
-    for child_name, child in module.named_children():
-        new = _convert_to_group_norm(child)
-        if new is not child:
-            setattr(module, child_name, new)
-    return module
-
-
-def _apply_norm(backbone: Backbone, norm: str) -> None:
-    from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
-
-    convert = {
-        "bn": None,
-        "frozen_bn": freeze_batch_norm_2d,
-        "gn": _convert_to_group_norm,
-        "sync_bn": convert_sync_batchnorm,
-    }[norm]
-    if convert is None:
-        return
-    for child_name, child in list(backbone.named_children()):
-        new = convert(child)
-        if new is not child:
-            setattr(backbone, child_name, new)
 
 
 # ------------------------------------------------------------------ factory
@@ -472,7 +466,7 @@ def _check_levels(out_levels: Any) -> tuple[str, ...]:
 def create_backbone(
     name: str,
     *,
-    weights: str | os.PathLike[str] | Mapping[str, Tensor] | None = None,
+    weights: WeightsArg = None,
     out_levels: Sequence[str] = LEVELS,
     output_stride: int = 32,
     in_chans: int = 3,
@@ -532,11 +526,9 @@ def create_backbone(
 
     trunk = spec.builder(in_chans=in_chans, output_stride=output_stride, drop_path_rate=float(drop_path_rate))
     backbone = Backbone(trunk, spec=spec, out_levels=levels, output_stride=output_stride, in_chans=in_chans)
-    _apply_norm(backbone, norm)
+    backbone.set_norm(norm)
     if weights is not None:
-        from .weights import load_weights
-
-        load_weights(backbone, weights)
+        backbone.load_weights(weights)
     backbone.set_trainable_stages(trainable_stages)
     backbone.set_grad_checkpointing(grad_checkpointing)
     return backbone

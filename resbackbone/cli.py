@@ -44,19 +44,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _available_weights(name: str) -> list[str]:
-    import timm
-    import torchvision
-
     from .registry import get_spec
+    from .weights import weight_tags
 
-    spec = get_spec(name)
-    found = []
-    if spec.torchvision_name:
-        enum = torchvision.models.get_model_weights(spec.torchvision_name)
-        found += [f"torchvision:{m}" for m in enum.__members__ if m != "DEFAULT"]
-    if spec.timm_name:
-        found += [f"timm:{n.split('.', 1)[1]}" for n in timm.list_pretrained(f"{spec.timm_name}.*")]
-    return found
+    return weight_tags(get_spec(name))
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

@@ -70,7 +70,7 @@ class _Levels(nn.Module):
         self.body = body
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        return tuple(self.body._forward(x).values())
+        return tuple(self.body.forward_stages(x).values())
 
 
 class _Tracer(fx.Tracer):

@@ -409,6 +409,7 @@ def test_coco_v1_weight_string_downloads_verifies_and_loads(
         build_detector("faster_rcnn", backbone="resnet50", num_classes=3, weights="torchvision:COCO_V1")
     with pytest.raises(
         ValueError,
-        match="'torchvision:COCO_V2' is not a weight of fasterrcnn_resnet50_fpn; choose one of 'torchvision:COCO_V1'",
+        match=r"'torchvision:COCO_V2' is not a torchvision weight of fasterrcnn_resnet50_fpn \(build_detector\); "
+        r"choose one of 'torchvision:COCO_V1'",
     ):
         build_detector("faster_rcnn", backbone="resnet50", num_classes=3, weights="torchvision:COCO_V2")

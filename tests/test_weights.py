@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from resbackbone import create_backbone, load_weights
-from resbackbone.download import DownloadError
 from resbackbone.registry import get_spec
+from resbackbone.weights import DownloadError
 
 from .conftest import _RangeHandler
 

@@ -41,7 +41,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..download import DownloadError, cache_dir, download_url
+from ..weights import DownloadError, cache_dir, download_url
 from .archives import UnsafeArchiveError, extract_archive
 from .catalog import DATASETS, Archive, DatasetEntry
 

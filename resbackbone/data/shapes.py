@@ -196,7 +196,7 @@ def ensure_shapes_dataset(
     if min(n_train, n_val, n_test) < 1 or image_size < 32:
         raise ValueError(f"shapes dataset needs at least 1 image per split and image_size >= 32; got {params}")
     if root is None:
-        from ..download import cache_dir
+        from ..weights import cache_dir
 
         suffix = "" if params == _DEFAULTS else "-" + hashlib.sha256(json.dumps(params).encode()).hexdigest()[:8]
         root = cache_dir("datasets") / f"{SHAPES_NAME}{suffix}"

@@ -105,10 +105,10 @@ def _param_groups(model: nn.Module, backbone: Backbone, cfg: OptimConfig) -> lis
     Biases and norm parameters (1-D) get no weight decay.
     """
     stage_of: dict[int, int] = {}
-    stages = backbone._stages
+    stages = backbone.all_stages
     for index, stage in enumerate(stages):
         depth = len(stages) - 1 - index  # 0 for the C5 stage
-        for module in backbone._stage_modules(stage):
+        for module in backbone.stage_modules(stage):
             for p in module.parameters():
                 stage_of[id(p)] = depth
     groups: dict[tuple[str, int, bool], dict[str, Any]] = {}

@@ -2,31 +2,37 @@
 
 A head checkpoint holds the backbone under one prefix (``backbone.body.`` for
 torchvision detectors, ``backbone.`` for DeepLabV3) and the head around it.
-The backbone part goes through :func:`~resbackbone.weights.load_weights`
+The backbone part goes through :meth:`Backbone.load_weights <resbackbone.Backbone.load_weights>`
 (prefix stripping, ``in_chans`` adaptation, norm-aware statistics); the rest
-must match key for key, except the class-dependent layers, which are left at
+must match key for key (:func:`~resbackbone.weights.match_keys`), except the class-dependent layers, which are left at
 their fresh initialisation when ``num_classes`` differs and reported as such.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import urllib.parse
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from torch import Tensor, nn
 
 from ..backbone import Backbone
-from ..download import cache_dir, download_url
-from ..weights import LoadReport, _unwrap, load_weights, read_checkpoint, resolve_weights
+from ..weights import (
+    LoadReport,
+    WeightsArg,
+    cached_path,
+    download_url,
+    match_keys,
+    read_checkpoint,
+    resolve_weights,
+    torchvision_weight,
+    unwrap_state_dict,
+)
 
 __all__ = ["load_head_checkpoint", "read_head_checkpoint"]
 
 
 def read_head_checkpoint(
-    weights: str | os.PathLike[str] | Mapping[str, Tensor],
+    weights: WeightsArg,
     *,
     builder: str,
     arch: str,
@@ -52,7 +58,7 @@ def read_head_checkpoint(
             backbone, or names backbone weights; the message says what fits.
     """
     if isinstance(weights, Mapping):
-        return "<state dict>", _unwrap(weights, "<state dict>")
+        return "<state dict>", unwrap_state_dict(weights, "<state dict>")
     if isinstance(weights, os.PathLike):
         weights = os.fspath(weights)
     if not isinstance(weights, str):
@@ -77,8 +83,6 @@ def _torchvision_checkpoint(
     torchvision_models: Mapping[tuple[str, str], str],
     progress: bool,
 ) -> tuple[str, dict[str, Tensor]]:
-    import torchvision
-
     model_name = torchvision_models.get((arch, backbone.name))
     if model_name is None:
         fits = [f"arch={a!r} with backbone={b!r}" for (a, b) in torchvision_models]
@@ -86,18 +90,9 @@ def _torchvision_checkpoint(
             f"{builder}(): weights={text!r}: torchvision publishes no {arch!r} checkpoint on {backbone.name!r}; "
             f"its checkpoints fit {', '.join(fits) or 'nothing here'}. Use backbone_weights= for ImageNet weights."
         )
-    enum = torchvision.models.get_model_weights(model_name)
-    tag = text.partition(":")[2]
-    try:
-        member = enum[tag]
-    except KeyError:
-        choices = ", ".join(f"'torchvision:{m}'" for m in enum.__members__ if m != "DEFAULT")
-        raise ValueError(f"{builder}(): {text!r} is not a weight of {model_name}; choose one of {choices}.") from None
-    name = Path(urllib.parse.unquote(urllib.parse.urlparse(member.url).path)).name
-    prefix = re.search(r"-([a-f0-9]{6,})\.", name)
-    path = download_url(
-        member.url, cache_dir() / name, hash_prefix=prefix.group(1) if prefix else None, progress=progress
-    )
+    member = torchvision_weight(model_name, text.partition(":")[2], label=text, owner=f"{model_name} ({builder})")
+    path, prefix = cached_path(member.url)
+    path = download_url(member.url, path, hash_prefix=prefix, progress=progress)
     return f"torchvision:{member.name} ({model_name})", read_checkpoint(path)
 
 
@@ -131,53 +126,33 @@ def load_head_checkpoint(
         ValueError: The checkpoint lacks the backbone, or other keys are
             missing, unexpected or of another shape; the message lists them.
     """
-    optional = dict(optional or {})
     body_state = {k[len(body_prefix) :]: v for k, v in state.items() if k.startswith(body_prefix)}
     if not body_state:
         raise ValueError(
             f"Checkpoint {label} has no backbone keys under {body_prefix!r} (first keys: {list(state)[:4]}). "
             "Expected a checkpoint saved from a model of this layout (model.state_dict())."
         )
-    body = load_weights(backbone, body_state)
+    body = backbone.load_weights(body_state, label=label)
 
+    rest = {k: v for k, v in state.items() if not k.startswith(body_prefix)}
     target = {k: v for k, v in model.state_dict().items() if not k.startswith(body_prefix)}
-    loaded: dict[str, Tensor] = {}
-    ignored = {body_prefix + k: reason for k, reason in body.ignored.items()}
-    unexpected: list[str] = []
-    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
-    for key, value in state.items():
-        if key.startswith(body_prefix):
-            continue
-        if key in target:
-            if value.shape == target[key].shape:
-                loaded[key] = value
-            elif key.startswith(tuple(class_layers)):
-                ignored[key] = "class-dependent, re-initialised (num_classes differs)"
-            else:
-                mismatched.append((key, tuple(value.shape), tuple(target[key].shape)))
-        elif key.endswith("num_batches_tracked"):
-            ignored[key] = "batch-norm counter"
-        elif key.startswith(tuple(optional)):
-            ignored[key] = next(reason for prefix, reason in optional.items() if key.startswith(prefix))
-        else:
-            unexpected.append(key)
-    missing = [k for k in target if k not in loaded and k not in ignored and not k.endswith("num_batches_tracked")]
-    missing = [k for k in missing if k not in {m[0] for m in mismatched}]
+    match = match_keys(rest, target, ignore=optional, reinit=class_layers)
+    match.ignored.update({body_prefix + k: reason for k, reason in body.ignored.items()})
     report = LoadReport(
         source=label,
-        loaded=tuple(body_prefix + k for k in body.loaded) + tuple(loaded),
-        missing=tuple(missing),
-        unexpected=tuple(unexpected),
-        mismatched=tuple(mismatched),
+        loaded=tuple(body_prefix + k for k in body.loaded) + tuple(match.loaded),
+        missing=tuple(match.missing),
+        unexpected=tuple(match.unexpected),
+        mismatched=tuple(match.mismatched),
         adapted=tuple(body_prefix + k for k in body.adapted),
-        ignored=ignored,
+        ignored=match.ignored,
         prefix=body.prefix,
     )
-    if missing or unexpected or mismatched:
+    if match.missing or match.unexpected or match.mismatched:
         raise ValueError(
             f"Checkpoint {label} does not fit this {type(model).__name__}: {report}. Was it saved from a model "
             "with other options (anchors, levels, FPN width, head)? Build the model with the options it was "
             "trained with."
         )
-    model.load_state_dict(loaded, strict=False)
+    model.load_state_dict(match.loaded, strict=False)
     return report

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import numbers
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
-
-from torch import Tensor
 
 from ..backbone import Backbone, create_backbone
 from ..specs import LEVELS
+from ..weights import WeightsArg
 
 __all__ = ["check_arch", "check_num_classes", "resolve_backbone"]
-
-WeightsArg = str | os.PathLike[str] | Mapping[str, Tensor] | None
 
 
 def check_arch(arch: Any, valid: Sequence[str], builder: str) -> str:
@@ -100,8 +96,6 @@ def resolve_backbone(
             f"input. Pass in_chans={backbone.in_chans}, or build the backbone with in_chans={in_chans}."
         )
     if weights is not None:
-        from ..weights import load_weights
-
-        load_weights(backbone, weights)
+        backbone.load_weights(weights)
     backbone.set_trainable_stages(trainable_stages)
     return backbone

@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -31,8 +30,9 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
-from ..backbone import Backbone, _apply_norm
+from ..backbone import Backbone
 from ..specs import LEVELS
+from ..weights import WeightsArg
 from ._checkpoints import load_head_checkpoint, read_head_checkpoint
 from ._common import check_arch, check_num_classes, resolve_backbone
 
@@ -304,8 +304,8 @@ def build_detector(
     *,
     backbone: str | Backbone,
     num_classes: int,
-    weights: str | os.PathLike[str] | Mapping[str, Tensor] | None = None,
-    backbone_weights: str | os.PathLike[str] | Mapping[str, Tensor] | None = None,
+    weights: WeightsArg = None,
+    backbone_weights: WeightsArg = None,
     trainable_stages: int | None = 3,
     min_size: int = 800,
     max_size: int = 1333,
@@ -463,9 +463,8 @@ def build_detector(
         report = load_head_checkpoint(
             model, body, state, label=label, body_prefix="backbone.body.", class_layers=_CLASS_LAYERS[arch]
         )
-        body.weights = label
         if isinstance(backbone, str):  # pretrained now: freeze its batch norms, as torchvision does
-            _apply_norm(body, "frozen_bn")
+            body.set_norm("frozen_bn")
         model.load_report = report
         logger.info("build_detector(%r): %s", arch, report)
     return model

@@ -19,8 +19,6 @@ returned only in training, as ``{"out": logits, "aux": aux_logits}``.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
 from typing import Any
 
 import torch.nn.functional as F
@@ -30,6 +28,7 @@ from torchvision.models.segmentation.fcn import FCNHead
 
 from ..backbone import Backbone
 from ..specs import LEVELS
+from ..weights import WeightsArg
 from ._checkpoints import load_head_checkpoint, read_head_checkpoint
 from ._common import check_arch, check_num_classes, resolve_backbone
 
@@ -213,8 +212,8 @@ def build_segmenter(
     *,
     backbone: str | Backbone,
     num_classes: int,
-    weights: str | os.PathLike[str] | Mapping[str, Tensor] | None = None,
-    backbone_weights: str | os.PathLike[str] | Mapping[str, Tensor] | None = None,
+    weights: WeightsArg = None,
+    backbone_weights: WeightsArg = None,
     output_stride: int | None = None,
     aux_loss: bool = False,
     trainable_stages: int | None = None,
@@ -319,6 +318,5 @@ def build_segmenter(
             class_layers=class_layers,
             optional={"aux_classifier.": "auxiliary head not built (aux_loss=False)"} if aux is None else None,
         )
-        body.weights = label
         logger.info("build_segmenter(%r): %s", arch, model.load_report)
     return model

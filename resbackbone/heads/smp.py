@@ -30,7 +30,6 @@ builds our encoders itself and passes every other name on unchanged; there
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -40,13 +39,15 @@ import torch
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 from torch import Tensor, nn
 
-from ..backbone import Backbone, adapt_stats, create_backbone
+from ..backbone import Backbone, create_backbone
 from ..registry import list_backbones
 from ..specs import LEVELS
+from ..weights import WeightsArg, adapt_stats
 
 __all__ = ["ResBackboneEncoder", "register_smp_encoders"]
 
-WeightsArg = str | os.PathLike[str] | Mapping[str, Tensor] | bool | None
+SmpWeightsArg = WeightsArg | bool
+"""smp's ``encoder_weights``: ours, or ``True`` for ``"imagenet"``."""
 
 
 def _stem_feature(backbone: Backbone) -> tuple[str, int]:
@@ -136,7 +137,7 @@ def rebuild_backbone(backbone: Backbone, *, output_stride: int | None = None, in
     return new
 
 
-def _weight_string(weights: WeightsArg) -> str | os.PathLike[str] | Mapping[str, Tensor] | None:
+def _weight_string(weights: SmpWeightsArg) -> WeightsArg:
     if weights is None or weights is False:
         return None
     if weights is True:
@@ -173,7 +174,7 @@ class ResBackboneEncoder(nn.Module, EncoderMixin):
         depth: int = 5,
         output_stride: int = 32,
         in_channels: int = 3,
-        weights: WeightsArg = None,
+        weights: SmpWeightsArg = None,
     ) -> None:
         nn.Module.__init__(self)
         EncoderMixin.__init__(self)
@@ -285,7 +286,7 @@ def _route(original: Any) -> Any:
         name: str,
         in_channels: int = 3,
         depth: int = 5,
-        weights: WeightsArg = None,
+        weights: SmpWeightsArg = None,
         output_stride: int = 32,
         **kwargs: Any,
     ) -> nn.Module:

@@ -1,0 +1,58 @@
+"""Running a backbone's stages: their layout for timm trunks, and activation checkpointing block by block."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .specs import RESNET_STAGES, RESNETV2_STAGES, StageSpec
+
+__all__ = ["infer_stages", "run_checkpointed", "stage_blocks"]
+
+
+def infer_stages(trunk: nn.Module, name: str) -> tuple[StageSpec, ...]:
+    """The stage layout of a timm ``ResNet`` or ``ResNetV2`` trunk.
+
+    Raises:
+        TypeError: ``trunk`` is of another class; the message says to pass ``stages=``.
+    """
+    from timm.models.resnet import ResNet
+    from timm.models.resnetv2 import ResNetV2
+
+    if isinstance(trunk, ResNet):
+        return RESNET_STAGES
+    if isinstance(trunk, ResNetV2):
+        return RESNETV2_STAGES
+    raise TypeError(
+        f"Backbone {name!r}: its builder returned a {type(trunk).__name__}, whose stages cannot be inferred. "
+        "Return a timm ResNet/ResNetV2, or pass stages=(StageSpec(...), ...) to register_backbone()."
+    )
+
+
+def stage_blocks(module: nn.Module) -> nn.Sequential | None:
+    """The blocks a stage runs one after another: the stage itself, or a timm ``ResNetStage``'s ``blocks``."""
+    from timm.models.resnetv2 import ResNetStage
+
+    if isinstance(module, ResNetStage):
+        return module.blocks
+    return module if isinstance(module, nn.Sequential) else None
+
+
+def run_checkpointed(stage: StageSpec, modules: list[nn.Module], x: Tensor, *, reentrant: bool) -> Tensor:
+    """Run a stage with activation checkpointing: block by block, or a stem (or unknown structure) as one unit.
+
+    Reentrant checkpointing only where the input requires grad: without that
+    it would leave the parameters inside without gradients (after a frozen stage).
+    """
+    blocks = stage_blocks(modules[0]) if stage.level is not None and len(modules) == 1 else None
+    if blocks is None:
+
+        def run(x: Tensor) -> Tensor:
+            for module in modules:
+                x = module(x)
+            return x
+
+        return checkpoint(run, x, use_reentrant=reentrant and x.requires_grad)
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=reentrant and x.requires_grad)
+    return x
