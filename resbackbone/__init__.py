@@ -5,7 +5,7 @@ declared in ``feature_info``, and loads torchvision, timm, local or URL checkpoi
 """
 
 from .backbone import Backbone, create_backbone
-from .inference import InferenceBackbone, optimize_for_inference
+from .optimize import InferenceBackbone, optimize_for_inference
 from .registry import get_spec, list_backbones, register_backbone, unregister_backbone
 from .specs import LEVELS, FeatureInfo, LevelInfo, StageSpec, WeightSpec
 from .weights import LoadReport, load_weights

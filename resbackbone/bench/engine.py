@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..backbone import Backbone, create_backbone
-from ..inference import CompileFallbackWarning, native_low_precision
+from ..optimize import CompileFallbackWarning, native_low_precision
 from ..registry import get_spec
 from ..specs import LEVELS
 from .machine import (

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..backbone import Backbone, create_backbone
-from ..inference import InferenceBackbone, compile_frozen, optimize_for_inference
+from ..optimize import InferenceBackbone, compile_frozen, optimize_for_inference
 from ..registry import get_spec
 
 __all__ = ["COMPETITORS", "MODES", "Candidate", "ModeSpec", "build_competitor", "build_mode", "build_reference"]

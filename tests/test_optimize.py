@@ -9,8 +9,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import resbackbone
-from resbackbone import Backbone, InferenceBackbone, create_backbone, inference, optimize_for_inference
+from resbackbone import Backbone, InferenceBackbone, create_backbone, optimize_for_inference
 from resbackbone.bench.models import randomise_norms
+from resbackbone.optimize import inference_backbone
 
 ARCHS = ("test_resnet", "test_resnet_bottleneck", "test_resnetv2")
 
@@ -99,7 +100,7 @@ def test_auto_keeps_channels_last_unless_contiguous_is_clearly_faster(
     contiguous: float, expected: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        inference, "_measure_memory_format", lambda *a: {"contiguous": contiguous, "channels_last": 1.0}
+        inference_backbone, "measure_memory_format", lambda *a: {"contiguous": contiguous, "channels_last": 1.0}
     )
     fast = optimize_for_inference(_backbone(), compile=False, channels_last="auto")
     assert fast.channels_last is expected
@@ -193,3 +194,12 @@ def test_compiled_fp32_matches_eager_within_1e4() -> None:
     out = fast(x)
     assert fast.compiled, "compilation fell back to eager"
     assert _max_rel_error(out, ref) < 1e-4
+
+
+def test_old_module_path_still_works_and_names_the_new_one() -> None:
+    import resbackbone.inference as old
+
+    with pytest.warns(
+        DeprecationWarning, match=r"resbackbone\.inference\.optimize_for_inference moved to resbackbone\.optimize"
+    ):
+        assert old.optimize_for_inference is optimize_for_inference

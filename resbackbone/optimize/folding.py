@@ -1,0 +1,81 @@
+"""Batch norms folded into the convolutions before them, found by tracing the real execution graph.
+
+``torch.fx`` traces the module (timm's untraceable layers kept as leaves);
+``torch.nn.utils.fusion.fuse_conv_bn_eval`` does the arithmetic.
+"""
+
+from __future__ import annotations
+
+from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+__all__ = ["fold_batch_norms"]
+
+
+class _Tracer(fx.Tracer):
+    """Keeps convolutions, norms and timm's untraceable layers as single nodes."""
+
+    def __init__(self) -> None:
+        from timm.layers import get_notrace_functions
+
+        super().__init__(autowrap_functions=tuple(get_notrace_functions()))
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        from timm.layers import is_notrace_module
+
+        if isinstance(m, (nn.Conv2d, _BatchNorm)) or is_notrace_module(type(m)):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def fold_batch_norms(module: nn.Module) -> tuple[fx.GraphModule, int]:
+    """Trace ``module`` and fold every eval batch norm that directly follows a plain ``Conv2d``.
+
+    timm's ``BatchNormAct2d`` folds too: the conv absorbs the norm and the node
+    keeps only the activation. A norm whose input feeds other nodes as well, or
+    that follows a weight-standardised conv, is left as it is.
+
+    Args:
+        module: An eval-mode module whose forward returns tensors.
+
+    Returns:
+        The traced ``GraphModule`` with the norms folded, and the number folded.
+    """
+    from timm.layers import BatchNormAct2d
+
+    graph = _Tracer().trace(module)
+    gm = fx.GraphModule(module, graph)
+    modules = dict(gm.named_modules())
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules[node.target], _BatchNorm):
+            continue
+        bn = modules[node.target]
+        source = node.args[0]
+        if not (
+            isinstance(source, fx.Node)
+            and source.op == "call_module"
+            and type(modules[source.target]) is nn.Conv2d
+            and len(source.users) == 1
+            and bn.track_running_stats
+            and bn.running_mean is not None
+        ):
+            continue
+        conv = modules[source.target]
+        _set_submodule(gm, source.target, fuse_conv_bn_eval(conv, bn))
+        if isinstance(bn, BatchNormAct2d):  # keep the activation (its dropout is a no-op in eval)
+            _set_submodule(gm, node.target, bn.act)
+        else:
+            node.replace_all_uses_with(source)
+            gm.graph.erase_node(node)
+        folded += 1
+    gm.graph.lint()
+    gm.recompile()
+    gm.delete_all_unused_submodules()
+    return gm, folded
