@@ -13,6 +13,7 @@ import fnmatch
 import re
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import entry_points
 from typing import Any
@@ -42,6 +43,7 @@ def register_backbone(
     imagenet: WeightSpec | None = None,
     hidden: bool = False,
     description: str = "",
+    stem: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a backbone builder under ``name`` (a decorator).
 
@@ -53,13 +55,15 @@ def register_backbone(
         name: Registry name; must not be registered already.
         stages: Stage layout (see :class:`~resbackbone.specs.StageSpec`); ``None``
             infers it from a timm ``ResNet``/``ResNetV2`` trunk.
-        first_conv: Path of the first convolution (adapted for ``in_chans != 3``).
+        first_conv: Path of the first convolution (adapted for ``in_chans != 3``);
+            ``None`` takes the first ``Conv2d`` in the built stem.
         classifier: Checkpoint key prefixes dropped when loading weights.
         timm_name: timm architecture whose tags ``weights="timm:<tag>"`` selects.
         torchvision_name: torchvision builder whose enum ``"torchvision:<TAG>"`` selects.
         imagenet: What ``weights="imagenet"`` loads.
         hidden: Hide from :func:`list_backbones` unless ``include_hidden=True``.
         description: One line shown by ``resbackbone list``.
+        stem: What the stem is (``"7x7"``, ``"deep"``), shown by ``resbackbone info``.
 
     Returns:
         The decorator, which returns the builder unchanged.
@@ -99,6 +103,7 @@ def register_backbone(
             imagenet=imagenet,
             hidden=hidden,
             description=description,
+            stem=stem,
         )
         return builder
 
@@ -211,35 +216,60 @@ def _timm(ref: str, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, .
     )
 
 
-# name, torchvision builder (or None), "imagenet" weights, description
-_BUILTIN: tuple[tuple[str, str | None, WeightSpec, str], ...] = (
-    ("resnet18", "resnet18", _tv("IMAGENET1K_V1"), "ResNet-18, BasicBlock"),
-    ("resnet34", "resnet34", _tv("IMAGENET1K_V1"), "ResNet-34, BasicBlock"),
-    ("resnet50", "resnet50", _tv("IMAGENET1K_V2"), "ResNet-50, Bottleneck"),
-    ("resnet101", "resnet101", _tv("IMAGENET1K_V2"), "ResNet-101, Bottleneck"),
-    ("resnet152", "resnet152", _tv("IMAGENET1K_V2"), "ResNet-152, Bottleneck"),
-    ("resnext50_32x4d", "resnext50_32x4d", _tv("IMAGENET1K_V2"), "ResNeXt-50 32x4d"),
-    ("resnext101_32x8d", "resnext101_32x8d", _tv("IMAGENET1K_V2"), "ResNeXt-101 32x8d"),
-    ("resnext101_64x4d", "resnext101_64x4d", _tv("IMAGENET1K_V1"), "ResNeXt-101 64x4d"),
-    ("wide_resnet50_2", "wide_resnet50_2", _tv("IMAGENET1K_V2"), "Wide ResNet-50-2"),
-    ("wide_resnet101_2", "wide_resnet101_2", _tv("IMAGENET1K_V2"), "Wide ResNet-101-2"),
-    ("resnet50d", None, _timm("ra2_in1k"), "ResNet-50-D: deep stem, average-pool shortcut"),
-    ("resnet101d", None, _timm("ra2_in1k"), "ResNet-101-D: deep stem, average-pool shortcut"),
-    ("resnetv2_50", None, _timm("a1h_in1k", (0.5,) * 3, (0.5,) * 3), "Pre-activation ResNet-50 (v2)"),
-    ("resnetv2_101", None, _timm("a1h_in1k", (0.5,) * 3, (0.5,) * 3), "Pre-activation ResNet-101 (v2)"),
+@dataclass(frozen=True)
+class _Layout:
+    """What a family of trunks shares: stage layout, first convolution, classifier keys, stem."""
+
+    stages: tuple[StageSpec, ...]
+    first_conv: str
+    classifier: tuple[str, ...]
+    stem: str
+
+
+_RESNET = _Layout(RESNET_STAGES, "conv1", ("fc.",), "7x7")
+_RESNET_DEEP_STEM = _Layout(RESNET_STAGES, "conv1.0", ("fc.",), "deep")
+_RESNETV2 = _Layout(RESNETV2_STAGES, "stem.conv", ("head.", "norm."), "7x7")
+
+# name, layout, torchvision builder (or None), "imagenet" weights, description
+_BUILTIN: tuple[tuple[str, _Layout, str | None, WeightSpec, str], ...] = (
+    ("resnet18", _RESNET, "resnet18", _tv("IMAGENET1K_V1"), "ResNet-18, BasicBlock"),
+    ("resnet34", _RESNET, "resnet34", _tv("IMAGENET1K_V1"), "ResNet-34, BasicBlock"),
+    ("resnet50", _RESNET, "resnet50", _tv("IMAGENET1K_V2"), "ResNet-50, Bottleneck"),
+    ("resnet101", _RESNET, "resnet101", _tv("IMAGENET1K_V2"), "ResNet-101, Bottleneck"),
+    ("resnet152", _RESNET, "resnet152", _tv("IMAGENET1K_V2"), "ResNet-152, Bottleneck"),
+    ("resnext50_32x4d", _RESNET, "resnext50_32x4d", _tv("IMAGENET1K_V2"), "ResNeXt-50 32x4d"),
+    ("resnext101_32x8d", _RESNET, "resnext101_32x8d", _tv("IMAGENET1K_V2"), "ResNeXt-101 32x8d"),
+    ("resnext101_64x4d", _RESNET, "resnext101_64x4d", _tv("IMAGENET1K_V1"), "ResNeXt-101 64x4d"),
+    ("wide_resnet50_2", _RESNET, "wide_resnet50_2", _tv("IMAGENET1K_V2"), "Wide ResNet-50-2"),
+    ("wide_resnet101_2", _RESNET, "wide_resnet101_2", _tv("IMAGENET1K_V2"), "Wide ResNet-101-2"),
+    ("resnet50d", _RESNET_DEEP_STEM, None, _timm("ra2_in1k"), "ResNet-50-D: deep stem, average-pool shortcut"),
+    ("resnet101d", _RESNET_DEEP_STEM, None, _timm("ra2_in1k"), "ResNet-101-D: deep stem, average-pool shortcut"),
+    ("resnetv2_50", _RESNETV2, None, _timm("a1h_in1k", (0.5,) * 3, (0.5,) * 3), "Pre-activation ResNet-50 (v2)"),
+    ("resnetv2_101", _RESNETV2, None, _timm("a1h_in1k", (0.5,) * 3, (0.5,) * 3), "Pre-activation ResNet-101 (v2)"),
 )
 
-for _name, _tv_name, _imagenet, _description in _BUILTIN:
+
+def _register(name: str, layout: _Layout, builder: Callable[..., Any], **options: Any) -> None:
     register_backbone(
+        name,
+        stages=layout.stages,
+        first_conv=layout.first_conv,
+        classifier=layout.classifier,
+        stem=layout.stem,
+        **options,
+    )(builder)
+
+
+for _name, _layout, _tv_name, _imagenet, _description in _BUILTIN:
+    _register(
         _name,
-        stages=RESNETV2_STAGES if _name.startswith("resnetv2") else RESNET_STAGES,
-        first_conv="stem.conv" if _name.startswith("resnetv2") else ("conv1.0" if _name.endswith("d") else "conv1"),
-        classifier=("head.", "norm.") if _name.startswith("resnetv2") else ("fc.",),
+        _layout,
+        partial(_timm_builder, _name),
         timm_name=_name,
         torchvision_name=_tv_name,
         imagenet=_imagenet,
         description=_description,
-    )(partial(_timm_builder, _name))
+    )
 
 
 def _tiny_resnet(block: str, *, in_chans: int, output_stride: int, drop_path_rate: float, v2: bool = False) -> Any:
@@ -272,27 +302,24 @@ def _tiny_resnet(block: str, *, in_chans: int, output_stride: int, drop_path_rat
     )
 
 
-register_backbone(
+_register(
     "test_resnet",
-    stages=RESNET_STAGES,
-    first_conv="conv1.0",
-    classifier=("fc.",),
+    _RESNET_DEEP_STEM,
+    partial(_tiny_resnet, "basic"),
     hidden=True,
     description="Tiny BasicBlock ResNet for tests",
-)(partial(_tiny_resnet, "basic"))
-register_backbone(
+)
+_register(
     "test_resnet_bottleneck",
-    stages=RESNET_STAGES,
-    first_conv="conv1.0",
-    classifier=("fc.",),
+    _RESNET_DEEP_STEM,
+    partial(_tiny_resnet, "bottleneck"),
     hidden=True,
     description="Tiny Bottleneck ResNet for tests",
-)(partial(_tiny_resnet, "bottleneck"))
-register_backbone(
+)
+_register(
     "test_resnetv2",
-    stages=RESNETV2_STAGES,
-    first_conv="stem.conv",
-    classifier=("head.", "norm."),
+    _RESNETV2,
+    partial(_tiny_resnet, "bottleneck", v2=True),
     hidden=True,
     description="Tiny pre-activation ResNet for tests",
-)(partial(_tiny_resnet, "bottleneck", v2=True))
+)

@@ -192,6 +192,9 @@ class BackboneSpec:
         imagenet: What ``weights="imagenet"`` means for this architecture.
         hidden: Hidden from the default listing (test architectures).
         description: One line for listings.
+        stem: What the stem is (``"7x7"``: one 7×7 convolution; ``"deep"``: three
+            3×3 convolutions, as ResNet-D), where recorded; ``None`` for plug-ins
+            that do not say.
     """
 
     name: str
@@ -204,3 +207,4 @@ class BackboneSpec:
     imagenet: WeightSpec | None = None
     hidden: bool = False
     description: str = ""
+    stem: str | None = None

@@ -12,7 +12,7 @@ import torchvision
 from safetensors.torch import save_file
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from resbackbone import create_backbone, load_weights
+from resbackbone import create_backbone, list_backbones, load_weights
 from resbackbone.registry import get_spec
 from resbackbone.weights import DownloadError
 
@@ -190,6 +190,47 @@ def test_many_channel_input_tiles_filters(tiny_checkpoint) -> None:
 class _Exploit:
     def __reduce__(self):
         return (os.system, ("echo pwned > /tmp/resbackbone-pwned",))
+
+
+@pytest.mark.parametrize("name", list_backbones(include_hidden=True))
+def test_own_state_dict_loads_with_one_and_four_input_channels(name: str) -> None:
+    """Every architecture's first conv is where the registry says: its RGB filters are adapted, nothing else moves."""
+    source = create_backbone(name)
+    state = source.state_dict()
+    conv = f"{source.first_conv}.weight"
+    assert state[conv].shape[1] == 3
+    for in_chans in (1, 4):
+        backbone = create_backbone(name, in_chans=in_chans, weights=state)
+        report = backbone.load_report
+        assert report.ok and report.adapted == (conv,), report
+        weight = backbone.state_dict()[conv]
+        if in_chans == 1:
+            torch.testing.assert_close(weight, state[conv].sum(1, keepdim=True))
+        else:  # tiled and rescaled by 3/4, so activations keep their scale
+            torch.testing.assert_close(weight, torch.cat([state[conv], state[conv][:, :1]], 1) * 0.75)
+
+
+def test_plug_in_first_conv_is_found_in_its_stem() -> None:
+    from torch import nn
+
+    from resbackbone import StageSpec, register_backbone, unregister_backbone
+
+    class Trunk(nn.Module):
+        def __init__(self, in_chans: int) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Identity(), nn.Conv2d(in_chans, 4, 3, stride=4, padding=1))
+            self.s1, self.s2, self.s3, self.s4 = (nn.Conv2d(c, c, 3, stride=2, padding=1) for c in (4, 4, 4, 4))
+
+    stages = (StageSpec("stem", ("stem",)), *(StageSpec(f"s{i}", (f"s{i}",), f"C{i + 1}") for i in range(1, 5)))
+    register_backbone("resnext_like_plugin", stages=stages)(
+        lambda *, in_chans, output_stride, drop_path_rate: Trunk(in_chans)
+    )
+    try:
+        state = create_backbone("resnext_like_plugin").state_dict()
+        backbone = create_backbone("resnext_like_plugin", in_chans=1, weights=state)
+        assert backbone.first_conv == "stem.1" and backbone.load_report.adapted == ("stem.1.weight",)
+    finally:
+        unregister_backbone("resnext_like_plugin")
 
 
 def test_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
