@@ -1,187 +1,133 @@
-"""Detection heads: a torchvision FPN over any backbone, Faster R-CNN and RetinaNet.
+"""Detection heads: Faster R-CNN and RetinaNet from torchvision on any registered backbone.
 
-Output contract of :func:`build_fpn`::
+:data:`DETECTORS` holds what differs per architecture (the torchvision class,
+levels, extra FPN maps, default anchors, class-dependent layers, published
+checkpoints); :func:`build_detector` dispatches on it. The FPN is
+:func:`~resbackbone.heads.fpn.build_fpn`'s, whose state-dict layout is
+torchvision's ``BackboneWithFPN``: torchvision detector checkpoints load key for key.
 
-    fpn = build_fpn(create_backbone("resnet18"))          # C2–C5, extra_blocks="maxpool"
-    fpn.out_channels                                      # 256
-    {k: tuple(v.shape) for k, v in fpn(torch.randn(1, 3, 128, 128)).items()}
-    # {'0': (1, 256, 32, 32), '1': (1, 256, 16, 16), '2': (1, 256, 8, 8), '3': (1, 256, 4, 4), 'pool': (1, 256, 2, 2)}
+Example::
 
-Keys are torchvision's (``"0"``, ``"1"``, … then ``"pool"`` or ``"p6"``, ``"p7"``),
-so its default RoI poolers and anchor generators work unchanged, and the
-module's state-dict layout (``body.*``, ``fpn.*``) is that of torchvision's
-``BackboneWithFPN``: torchvision detector checkpoints load key for key.
+    model = build_detector("retinanet", backbone="resnet18", num_classes=4)
+    model.eval()([torch.rand(3, 120, 160)])   # [{"boxes": (K, 4), "scores": (K,), "labels": (K,)}]
 """
 
 from __future__ import annotations
 
-import itertools
+import difflib
+import inspect
 import logging
-import math
-from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from functools import partial
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
-from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
+from torchvision.ops import MultiScaleRoIAlign
 
 from ..backbone import Backbone
 from ..specs import LEVELS
 from ..weights import WeightsArg
 from ._checkpoints import load_head_checkpoint, read_head_checkpoint
 from ._common import check_arch, check_num_classes, resolve_backbone
+from .fpn import EXTRA_BLOCKS, FeaturePyramid, build_fpn
 
-__all__ = ["DETECTOR_ARCHS", "EXTRA_BLOCKS", "FeaturePyramid", "build_detector", "build_fpn"]
+__all__ = [
+    "DETECTORS",
+    "DETECTOR_ARCHS",
+    "EXTRA_BLOCKS",
+    "DetectorSpec",
+    "FeaturePyramid",
+    "build_detector",
+    "build_fpn",
+]
 
 logger = logging.getLogger("resbackbone")
 
-DETECTOR_ARCHS: tuple[str, ...] = ("faster_rcnn", "retinanet")
-EXTRA_BLOCKS: tuple[str | None, ...] = ("maxpool", "p6p7", "p6p7_c5", None)
-FPN_NORMS: tuple[str | None, ...] = (None, "bn", "gn")
+
+def _faster_rcnn_args(fpn: FeaturePyramid, anchors: AnchorGenerator, score_thresh: float, per_img: int) -> dict:
+    maps = [k for k in fpn.strides if k != "pool"]
+    return {
+        "rpn_anchor_generator": anchors,
+        "box_roi_pool": MultiScaleRoIAlign(maps, output_size=7, sampling_ratio=2),
+        "box_score_thresh": score_thresh,
+        "box_detections_per_img": per_img,
+    }
+
+
+def _retinanet_args(fpn: FeaturePyramid, anchors: AnchorGenerator, score_thresh: float, per_img: int) -> dict:
+    return {"anchor_generator": anchors, "score_thresh": score_thresh, "detections_per_img": per_img}
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """What differs between the detection architectures :func:`build_detector` builds.
+
+    Attributes:
+        title: The name in messages (``"Faster R-CNN"``).
+        model: The torchvision class.
+        levels: Backbone levels the FPN is built on from a registry name.
+        needs: Levels a built backbone must return (Faster R-CNN takes whatever it returns).
+        fixed_levels: ``levels=`` cannot change :attr:`levels`.
+        extra_blocks: The FPN's maps past the last level (:data:`~resbackbone.heads.fpn.EXTRA_BLOCKS`).
+        anchor_sizes: Default anchor sizes of a map at stride ``s``.
+        first_label: The smallest target label (1 where 0 is the background).
+        class_layers: Key prefixes of the layers whose shape depends on ``num_classes``.
+        torchvision: Backbone name → torchvision builder whose weight enum has the whole-model checkpoints.
+        head_args: ``(fpn, anchors, score_thresh, detections_per_img)`` → the class's own arguments.
+    """
+
+    title: str
+    model: type[nn.Module]
+    levels: tuple[str, ...]
+    needs: tuple[str, ...]
+    fixed_levels: bool
+    extra_blocks: str
+    anchor_sizes: Callable[[int], tuple[int, ...]]
+    first_label: int
+    class_layers: tuple[str, ...]
+    torchvision: Mapping[str, str]
+    head_args: Callable[[FeaturePyramid, AnchorGenerator, float, int], dict[str, Any]]
+
+
+DETECTORS: dict[str, DetectorSpec] = {
+    "faster_rcnn": DetectorSpec(
+        title="Faster R-CNN",
+        model=FasterRCNN,
+        levels=LEVELS,
+        needs=(),
+        fixed_levels=False,
+        extra_blocks="maxpool",
+        anchor_sizes=lambda stride: (8 * stride,),  # torchvision: 32 at stride 4
+        first_label=1,
+        class_layers=("roi_heads.box_predictor.cls_score.", "roi_heads.box_predictor.bbox_pred."),
+        torchvision={"resnet50": "fasterrcnn_resnet50_fpn"},
+        head_args=_faster_rcnn_args,
+    ),
+    "retinanet": DetectorSpec(
+        title="RetinaNet",
+        model=RetinaNet,
+        levels=("C3", "C4", "C5"),
+        needs=("C3", "C4", "C5"),
+        fixed_levels=True,
+        extra_blocks="p6p7",
+        anchor_sizes=lambda stride: tuple(int(4 * stride * 2 ** (i / 3)) for i in range(3)),  # 32 at stride 8, octaves
+        first_label=0,
+        class_layers=("head.classification_head.cls_logits.",),
+        torchvision={"resnet50": "retinanet_resnet50_fpn"},
+        head_args=_retinanet_args,
+    ),
+}
+"""Architecture name → :class:`DetectorSpec`; a new detector is one entry."""
+
+DETECTOR_ARCHS: tuple[str, ...] = tuple(DETECTORS)
 
 # Checkpoints torchvision publishes, by (arch, backbone): the builder whose weight enum serves them.
 TORCHVISION_DETECTORS: dict[tuple[str, str], str] = {
-    ("faster_rcnn", "resnet50"): "fasterrcnn_resnet50_fpn",
-    ("retinanet", "resnet50"): "retinanet_resnet50_fpn",
+    (arch, name): builder for arch, spec in DETECTORS.items() for name, builder in spec.torchvision.items()
 }
-# Layers whose shape depends on num_classes, re-initialised when it differs from the checkpoint's.
-_CLASS_LAYERS: dict[str, tuple[str, ...]] = {
-    "faster_rcnn": ("roi_heads.box_predictor.cls_score.", "roi_heads.box_predictor.bbox_pred."),
-    "retinanet": ("head.classification_head.cls_logits.",),
-}
-# Levels a head is built on from a name, and those it needs from a built backbone (Faster R-CNN
-# takes whatever levels a built backbone returns; anchors and RoI pooling follow them).
-_LEVELS: dict[str, tuple[str, ...]] = {"faster_rcnn": LEVELS, "retinanet": ("C3", "C4", "C5")}
-_NEEDS: dict[str, tuple[str, ...]] = {"faster_rcnn": (), "retinanet": ("C3", "C4", "C5")}
-
-
-def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels)
-
-
-class FeaturePyramid(nn.Module):
-    """A :class:`~resbackbone.Backbone` and a torchvision ``FeaturePyramidNetwork`` over its levels.
-
-    Build it with :func:`build_fpn`. It follows torchvision's detection backbone
-    contract: an ``int`` ``out_channels`` and an ``OrderedDict`` of maps of that width.
-
-    Attributes:
-        body: The backbone.
-        fpn: The ``torchvision.ops.FeaturePyramidNetwork``.
-        out_channels: Channels of every pyramid map.
-        levels: Backbone levels fed to the FPN, in order (``("C2", …, "C5")``).
-        strides: Stride of each output map, keyed as the output.
-    """
-
-    def __init__(self, body: Backbone, fpn: FeaturePyramidNetwork, *, levels: Sequence[str], out_channels: int) -> None:
-        super().__init__()
-        self.body = body
-        self.fpn = fpn
-        self.levels = tuple(levels)
-        self.out_channels = out_channels
-        strides = {str(i): body.feature_info[lv].stride for i, lv in enumerate(self.levels)}
-        last = strides[str(len(self.levels) - 1)]
-        extra = fpn.extra_blocks
-        if isinstance(extra, LastLevelMaxPool):
-            strides["pool"] = last * 2
-        elif isinstance(extra, LastLevelP6P7):
-            strides.update(p6=last * 2, p7=last * 4)
-        self.strides = strides
-
-    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        """Pyramid maps for normalised images ``(N, in_chans, H, W)``.
-
-        Returns:
-            ``OrderedDict`` ``"0"``, ``"1"``, … (one per level, finest first), then
-            ``"pool"`` or ``"p6"``, ``"p7"``; each ``(N, out_channels, ⌈H/s⌉, ⌈W/s⌉)``.
-        """
-        features = self.body(x)
-        return self.fpn(OrderedDict((str(i), features[level]) for i, level in enumerate(self.levels)))
-
-
-def build_fpn(
-    backbone: Backbone,
-    *,
-    out_channels: int = 256,
-    extra_blocks: str | None = "maxpool",
-    norm: str | None = None,
-    levels: Sequence[str] | None = None,
-) -> FeaturePyramid:
-    """Put a torchvision ``FeaturePyramidNetwork`` on a backbone, for torchvision detectors.
-
-    Input channels come from ``backbone.feature_info``, so BasicBlock (C5 = 512)
-    and Bottleneck (C5 = 2048) backbones both work.
-
-    Args:
-        backbone: A :class:`~resbackbone.Backbone`; its levels must have strides
-            that double (build it with ``output_stride=32``).
-        out_channels: Width of every pyramid map.
-        extra_blocks: ``"maxpool"`` (a ``"pool"`` map, as Faster/Mask R-CNN use),
-            ``"p6p7"`` (``"p6"``, ``"p7"`` from P5, as torchvision's RetinaNet),
-            ``"p6p7_c5"`` (P6 from C5, as the RetinaNet paper and torchvision's
-            RetinaNet v2) or ``None``.
-        norm: Norm inside the FPN: ``None``, ``"bn"`` or ``"gn"``.
-        levels: Backbone levels to use; ``None`` uses all it returns.
-
-    Returns:
-        The :class:`FeaturePyramid`.
-
-    Raises:
-        TypeError: ``backbone`` is not a :class:`~resbackbone.Backbone`.
-        ValueError: An option is not one of the listed values, a level is not
-            returned by the backbone, or the strides do not double.
-
-    Example:
-        >>> from torchvision.models.detection import FasterRCNN
-        >>> model = FasterRCNN(build_fpn(create_backbone("resnet18")), num_classes=3)
-    """
-    if not isinstance(backbone, Backbone):
-        raise TypeError(
-            f"build_fpn() takes a resbackbone Backbone (from create_backbone()), got {type(backbone).__name__}."
-        )
-    if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
-        raise ValueError(f"build_fpn(): out_channels={out_channels!r} is not valid: expected an int ≥ 1.")
-    if extra_blocks not in EXTRA_BLOCKS:
-        raise ValueError(f"build_fpn(): extra_blocks={extra_blocks!r} is not valid: expected one of {EXTRA_BLOCKS}.")
-    if norm not in FPN_NORMS:
-        raise ValueError(f"build_fpn(): norm={norm!r} is not valid: expected one of {FPN_NORMS}.")
-    info = backbone.feature_info
-    if levels is None:
-        levels = info.names
-    elif isinstance(levels, str) or not all(isinstance(lv, str) for lv in levels):
-        raise TypeError("build_fpn(): levels must be a sequence of level names such as ('C3', 'C4', 'C5').")
-    if not levels or not set(levels) <= set(info.names):
-        raise ValueError(
-            f"build_fpn(): levels must be a non-empty subset of the levels backbone {backbone.name!r} returns, "
-            f"{info.names}, got {tuple(levels)}; build it with create_backbone(..., out_levels=...) to return others."
-        )
-    levels = tuple(lv for lv in LEVELS if lv in levels)
-    strides = [info[lv].stride for lv in levels]
-    if any(b != 2 * a for a, b in itertools.pairwise(strides)):
-        raise ValueError(
-            f"build_fpn(): the strides of levels {levels} are {tuple(strides)}; a detection FPN needs each level "
-            f"at twice the stride of the previous one. Build the backbone with output_stride=32 "
-            f"(it has {backbone.output_stride})."
-        )
-    channels = [info[lv].channels for lv in levels]
-    extra: ExtraFPNBlock | None
-    if extra_blocks == "maxpool":
-        extra = LastLevelMaxPool()
-    elif extra_blocks == "p6p7":
-        extra = LastLevelP6P7(out_channels, out_channels)
-    elif extra_blocks == "p6p7_c5":
-        extra = LastLevelP6P7(channels[-1], out_channels)
-        extra.use_P5 = False  # from C5 even when its width equals out_channels
-    else:
-        extra = None
-    norm_layer = {None: None, "bn": nn.BatchNorm2d, "gn": partial(_group_norm)}[norm]
-    fpn = FeaturePyramidNetwork(channels, out_channels, extra_blocks=extra, norm_layer=norm_layer)
-    return FeaturePyramid(backbone, fpn, levels=levels, out_channels=out_channels)
 
 
 class _CheckedTransform(GeneralizedRCNNTransform):
@@ -228,16 +174,13 @@ class _CheckedTransform(GeneralizedRCNNTransform):
 
 
 def _anchors(
-    arch: str,
+    spec: DetectorSpec,
     strides: Sequence[int],
     anchor_sizes: Sequence[Sequence[int]] | None,
     aspect_ratios: Sequence[Sequence[float]] | None,
 ) -> AnchorGenerator:
     if anchor_sizes is None:
-        if arch == "retinanet":  # torchvision: 32 at stride 8, three octave scales
-            anchor_sizes = [tuple(int(4 * s * 2 ** (i / 3)) for i in range(3)) for s in strides]
-        else:  # torchvision: 32 at stride 4
-            anchor_sizes = [(8 * s,) for s in strides]
+        anchor_sizes = [spec.anchor_sizes(s) for s in strides]
     try:
         sizes = tuple(tuple(int(v) for v in level) for level in anchor_sizes)
     except TypeError:
@@ -284,10 +227,7 @@ _OWN_ARGS = frozenset(
 
 def check_head_kwargs(arch: str, head_kwargs: Mapping[str, Any]) -> None:
     """Refuse keyword arguments the torchvision head does not take, naming the ones it does."""
-    import difflib
-    import inspect
-
-    cls = FasterRCNN if arch == "faster_rcnn" else RetinaNet
+    cls = DETECTORS[arch].model
     valid = sorted(set(inspect.signature(cls.__init__).parameters) - _OWN_ARGS)
     for key in head_kwargs:
         if key not in valid:
@@ -317,7 +257,7 @@ def build_detector(
     levels: Sequence[str] | None = None,
     fpn_channels: int = 256,
     **head_kwargs: Any,
-) -> FasterRCNN | RetinaNet:
+) -> nn.Module:
     """Build a torchvision Faster R-CNN or RetinaNet on any registered backbone.
 
     Faster R-CNN uses C2–C5 and a max-pooled level; RetinaNet uses C3–C5 and
@@ -380,7 +320,7 @@ def build_detector(
         >>> model.eval()([torch.rand(3, 120, 160)])[0].keys()
         dict_keys(['boxes', 'labels', 'scores'])
     """
-    arch = check_arch(arch, DETECTOR_ARCHS, "build_detector")
+    spec = DETECTORS[check_arch(arch, DETECTOR_ARCHS, "build_detector")]
     num_classes = check_num_classes(
         num_classes, "build_detector", " (Faster R-CNN counts the background: 2 for one object class)"
     )
@@ -389,6 +329,63 @@ def build_detector(
             "build_detector(): pass weights= (a whole-detector checkpoint, backbone included) or "
             "backbone_weights=, not both."
         )
+    _check_sizes(min_size, max_size, score_thresh, detections_per_img)
+    check_head_kwargs(arch, head_kwargs)
+    if levels is not None:
+        if isinstance(levels, str) or not all(isinstance(lv, str) for lv in levels):
+            raise TypeError("build_detector(): levels must be a sequence of level names such as ('C3', 'C4', 'C5').")
+        if spec.fixed_levels and tuple(levels) != spec.levels:
+            raise ValueError(
+                f"build_detector({arch!r}): levels={tuple(levels)}; {spec.title} uses "
+                f"{spec.levels[0]}–{spec.levels[-1]} (P{spec.levels[0][1]}–P7)."
+            )
+        if not levels or not set(levels) <= set(LEVELS):
+            raise ValueError(f"build_detector(): levels={tuple(levels)} is not valid: expected a subset of {LEVELS}.")
+
+    body = resolve_backbone(
+        backbone,
+        builder="build_detector",
+        head=spec.title,
+        need=tuple(levels) if levels is not None else spec.needs,
+        build_levels=tuple(levels) if levels is not None else spec.levels,
+        weights=backbone_weights,
+        output_stride=32,
+        in_chans=in_chans,
+        norm="frozen_bn" if backbone_weights is not None else "bn",
+        trainable_stages=trainable_stages,
+    )
+    if levels is None:
+        levels = spec.levels if spec.fixed_levels else body.feature_info.names
+    fpn = build_fpn(body, out_channels=fpn_channels, extra_blocks=spec.extra_blocks, levels=levels)
+    anchors = _anchors(spec, list(fpn.strides.values()), anchor_sizes, aspect_ratios)
+    model = spec.model(
+        fpn, num_classes=num_classes, **spec.head_args(fpn, anchors, score_thresh, detections_per_img), **head_kwargs
+    )
+    model.transform = _CheckedTransform(
+        min_size,
+        max_size,
+        list(body.mean),
+        list(body.std),
+        in_chans=body.in_chans,
+        num_classes=num_classes,
+        first_label=spec.first_label,
+    )
+    model.load_report = None
+    if weights is not None:
+        label, state = read_head_checkpoint(
+            weights, builder="build_detector", arch=arch, backbone=body, torchvision_models=TORCHVISION_DETECTORS
+        )
+        report = load_head_checkpoint(
+            model, body, state, label=label, body_prefix="backbone.body.", class_layers=spec.class_layers
+        )
+        if isinstance(backbone, str):  # pretrained now: freeze its batch norms, as torchvision does
+            body.set_norm("frozen_bn")
+        model.load_report = report
+        logger.info("build_detector(%r): %s", arch, report)
+    return model
+
+
+def _check_sizes(min_size: Any, max_size: Any, score_thresh: Any, detections_per_img: Any) -> None:
     if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 1:
         raise ValueError(f"build_detector(): min_size={min_size!r} is not valid: expected an int ≥ 1.")
     if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < min_size:
@@ -399,72 +396,3 @@ def build_detector(
         raise ValueError(
             f"build_detector(): detections_per_img={detections_per_img!r} is not valid: expected an int ≥ 1."
         )
-
-    check_head_kwargs(arch, head_kwargs)
-    if levels is not None:
-        if isinstance(levels, str) or not all(isinstance(lv, str) for lv in levels):
-            raise TypeError("build_detector(): levels must be a sequence of level names such as ('C3', 'C4', 'C5').")
-        if arch == "retinanet" and tuple(levels) != _LEVELS["retinanet"]:
-            raise ValueError(f"build_detector('retinanet'): levels={tuple(levels)}; RetinaNet uses C3–C5 (P3–P7).")
-        if not levels or not set(levels) <= set(LEVELS):
-            raise ValueError(f"build_detector(): levels={tuple(levels)} is not valid: expected a subset of {LEVELS}.")
-
-    body = resolve_backbone(
-        backbone,
-        builder="build_detector",
-        head={"faster_rcnn": "Faster R-CNN", "retinanet": "RetinaNet"}[arch],
-        need=tuple(levels) if levels is not None else _NEEDS[arch],
-        build_levels=tuple(levels) if levels is not None else _LEVELS[arch],
-        weights=backbone_weights,
-        output_stride=32,
-        in_chans=in_chans,
-        norm="frozen_bn" if backbone_weights is not None else "bn",
-        trainable_stages=trainable_stages,
-    )
-    if levels is None:
-        levels = _LEVELS[arch] if arch == "retinanet" else body.feature_info.names
-    if arch == "faster_rcnn":
-        fpn = build_fpn(body, out_channels=fpn_channels, extra_blocks="maxpool", levels=levels)
-        anchors = _anchors(arch, list(fpn.strides.values()), anchor_sizes, aspect_ratios)
-        model: FasterRCNN | RetinaNet = FasterRCNN(
-            fpn,
-            num_classes=num_classes,
-            rpn_anchor_generator=anchors,
-            box_roi_pool=MultiScaleRoIAlign([k for k in fpn.strides if k != "pool"], output_size=7, sampling_ratio=2),
-            box_score_thresh=score_thresh,
-            box_detections_per_img=detections_per_img,
-            **head_kwargs,
-        )
-    else:
-        fpn = build_fpn(body, out_channels=fpn_channels, extra_blocks="p6p7", levels=levels)
-        anchors = _anchors(arch, list(fpn.strides.values()), anchor_sizes, aspect_ratios)
-        model = RetinaNet(
-            fpn,
-            num_classes=num_classes,
-            anchor_generator=anchors,
-            score_thresh=score_thresh,
-            detections_per_img=detections_per_img,
-            **head_kwargs,
-        )
-    model.transform = _CheckedTransform(
-        min_size,
-        max_size,
-        list(body.mean),
-        list(body.std),
-        in_chans=body.in_chans,
-        num_classes=num_classes,
-        first_label=1 if arch == "faster_rcnn" else 0,
-    )
-    model.load_report = None
-    if weights is not None:
-        label, state = read_head_checkpoint(
-            weights, builder="build_detector", arch=arch, backbone=body, torchvision_models=TORCHVISION_DETECTORS
-        )
-        report = load_head_checkpoint(
-            model, body, state, label=label, body_prefix="backbone.body.", class_layers=_CLASS_LAYERS[arch]
-        )
-        if isinstance(backbone, str):  # pretrained now: freeze its batch norms, as torchvision does
-            body.set_norm("frozen_bn")
-        model.load_report = report
-        logger.info("build_detector(%r): %s", arch, report)
-    return model
