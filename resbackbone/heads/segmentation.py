@@ -19,6 +19,8 @@ returned only in training, as ``{"out": logits, "aux": aux_logits}``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch.nn.functional as F
@@ -32,23 +34,11 @@ from ..weights import WeightsArg
 from ._checkpoints import load_head_checkpoint, read_head_checkpoint
 from ._common import check_arch, check_num_classes, resolve_backbone
 
-__all__ = ["SEGMENTER_ARCHS", "Segmenter", "build_segmenter"]
+__all__ = ["SEGMENTERS", "SEGMENTER_ARCHS", "Segmenter", "SegmenterSpec", "build_segmenter"]
 
 logger = logging.getLogger("resbackbone")
 
-SEGMENTER_ARCHS: tuple[str, ...] = ("deeplabv3", "deeplabv3plus", "fpn", "unet")
-# Output strides each head takes; the first is its default.
-_OUTPUT_STRIDES: dict[str, tuple[int, ...]] = {
-    "deeplabv3": (16, 8),
-    "deeplabv3plus": (16, 8),
-    "fpn": (32,),
-    "unet": (32, 16, 8),
-}
 _ASPP_RATES: dict[int, tuple[int, int, int]] = {16: (6, 12, 18), 8: (12, 24, 36)}
-TORCHVISION_SEGMENTERS: dict[tuple[str, str], str] = {
-    ("deeplabv3", "resnet50"): "deeplabv3_resnet50",
-    ("deeplabv3", "resnet101"): "deeplabv3_resnet101",
-}
 
 
 class Segmenter(nn.Module):
@@ -118,7 +108,7 @@ class Segmenter(nn.Module):
                 f"{self.arch} segmenter takes images of shape (N, {self.in_chans}, H, W) with N, H, W ≥ 1, "
                 f"got {tuple(x.shape)}."
             )
-        if self.training and x.shape[0] == 1 and self.arch in ("deeplabv3", "deeplabv3plus"):
+        if self.training and x.shape[0] == 1 and SEGMENTERS[self.arch].image_pooling:
             raise ValueError(
                 f"{self.arch} in training needs a batch of at least 2 images: its ASPP image pooling normalises a "
                 "1×1 map over the batch. Use a batch ≥ 2, or model.eval() for inference."
@@ -182,29 +172,114 @@ class SmpSegmenter(Segmenter):
         return out, features[-1][-2]
 
 
-def _smp_model(arch: str, body: Backbone, *, num_classes: int, output_stride: int) -> nn.Module:
+Built = tuple[Segmenter, str, tuple[str, ...]]
+"""A built segmenter, the key prefix of its backbone, and its class-dependent layers."""
+
+
+def _torchvision_deeplab(
+    arch: str, body: Backbone, aux: nn.Module | None, *, num_classes: int, output_stride: int
+) -> Built:
+    classifier = DeepLabHead(body.feature_info["C5"].channels, num_classes, atrous_rates=_ASPP_RATES[output_stride])
+    model = DeepLabV3Segmenter(body, classifier, aux, num_classes=num_classes)
+    return model, "backbone.", ("classifier.4.", "aux_classifier.4.")
+
+
+def _smp_segmenter(arch: str, body: Backbone, aux: nn.Module | None, *, num_classes: int, output_stride: int) -> Built:
     import segmentation_models_pytorch as smp
 
     from .smp import ResBackboneEncoder, register_smp_encoders
 
+    spec = SEGMENTERS[arch]
     prefix = "rb-"
     register_smp_encoders(prefix)
-    common: dict[str, Any] = {
-        "encoder_name": prefix + body.name,
-        "encoder_weights": None,
-        "in_channels": body.in_chans,
-        "classes": num_classes,
-    }
-    if arch == "deeplabv3plus":
-        model = smp.DeepLabV3Plus(
-            encoder_output_stride=output_stride, decoder_atrous_rates=_ASPP_RATES[output_stride], **common
-        )
-    elif arch == "fpn":
-        model = smp.FPN(**common)
-    else:
-        model = smp.Unet(**common)
+    model = getattr(smp, spec.smp_class)(
+        encoder_name=prefix + body.name,
+        encoder_weights=None,
+        in_channels=body.in_chans,
+        classes=num_classes,
+        **spec.smp_options(output_stride),
+    )
     model.encoder = ResBackboneEncoder(body, depth=5, output_stride=output_stride)
-    return model
+    return (
+        SmpSegmenter(arch, model, aux, num_classes=num_classes),
+        "model.encoder.backbone.",
+        (
+            "model.segmentation_head.",
+            "aux_classifier.4.",
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """What differs between the segmentation heads :func:`build_segmenter` builds.
+
+    Attributes:
+        title: The name in messages (``"DeepLabV3+ (smp encoder)"``).
+        output_strides: Output strides the head takes; the first is the default.
+        reads: Backbone levels the head reads (C4 is added for ``aux_loss``).
+        image_pooling: The head pools the whole image through a batch norm (ASPP):
+            training needs two images or more.
+        build: ``build(arch, backbone, aux_head, num_classes=, output_stride=)`` →
+            ``(model, backbone key prefix, class-dependent layers)``.
+        smp_class: The smp model class, for heads built through smp.
+        smp_options: ``output_stride`` → further arguments of the smp class.
+        torchvision: Backbone name → torchvision builder whose weight enum has whole-model checkpoints.
+    """
+
+    title: str
+    output_strides: tuple[int, ...]
+    reads: tuple[str, ...]
+    image_pooling: bool
+    build: Callable[..., Built]
+    smp_class: str = ""
+    smp_options: Callable[[int], dict[str, Any]] = lambda output_stride: {}
+    torchvision: Mapping[str, str] = field(default_factory=dict)
+
+
+SEGMENTERS: dict[str, SegmenterSpec] = {
+    "deeplabv3": SegmenterSpec(
+        title="DeepLabV3",
+        output_strides=(16, 8),
+        reads=("C5",),
+        image_pooling=True,
+        build=_torchvision_deeplab,
+        torchvision={"resnet50": "deeplabv3_resnet50", "resnet101": "deeplabv3_resnet101"},
+    ),
+    "deeplabv3plus": SegmenterSpec(
+        title="DeepLabV3+ (smp encoder)",
+        output_strides=(16, 8),
+        reads=LEVELS,
+        image_pooling=True,
+        build=_smp_segmenter,
+        smp_class="DeepLabV3Plus",
+        smp_options=lambda os_: {"encoder_output_stride": os_, "decoder_atrous_rates": _ASPP_RATES[os_]},
+    ),
+    "fpn": SegmenterSpec(
+        title="FPN (smp encoder)",
+        output_strides=(32,),
+        reads=LEVELS,
+        image_pooling=False,
+        build=_smp_segmenter,
+        smp_class="FPN",
+    ),
+    "unet": SegmenterSpec(
+        title="U-Net (smp encoder)",
+        output_strides=(32, 16, 8),
+        reads=LEVELS,
+        image_pooling=False,
+        build=_smp_segmenter,
+        smp_class="Unet",
+    ),
+}
+"""Head name → :class:`SegmenterSpec`; a new head is one entry."""
+
+SEGMENTER_ARCHS: tuple[str, ...] = tuple(SEGMENTERS)
+
+# Checkpoints torchvision publishes, by (arch, backbone): the builder whose weight enum serves them.
+TORCHVISION_SEGMENTERS: dict[tuple[str, str], str] = {
+    (arch, name): builder for arch, spec in SEGMENTERS.items() for name, builder in spec.torchvision.items()
+}
 
 
 def build_segmenter(
@@ -260,15 +335,14 @@ def build_segmenter(
         >>> model.eval()(torch.randn(1, 3, 64, 64)).shape
         torch.Size([1, 3, 64, 64])
     """
-    arch = check_arch(arch, SEGMENTER_ARCHS, "build_segmenter")
+    spec = SEGMENTERS[check_arch(arch, SEGMENTER_ARCHS, "build_segmenter")]
     num_classes = check_num_classes(num_classes, "build_segmenter")
-    strides = _OUTPUT_STRIDES[arch]
     if output_stride is None:
-        output_stride = strides[0]
-    if output_stride not in strides or isinstance(output_stride, bool):
+        output_stride = spec.output_strides[0]
+    if output_stride not in spec.output_strides or isinstance(output_stride, bool):
         raise ValueError(
             f"build_segmenter(): output_stride={output_stride!r} is not valid for {arch!r}: expected one of "
-            f"{tuple(sorted(strides))}."
+            f"{tuple(sorted(spec.output_strides))}."
         )
     if not isinstance(aux_loss, bool):
         raise TypeError(f"build_segmenter(): aux_loss must be True or False, got {aux_loss!r}.")
@@ -277,16 +351,11 @@ def build_segmenter(
             "build_segmenter(): pass weights= (a whole-model checkpoint, backbone included) or "
             "backbone_weights=, not both."
         )
-    if arch == "deeplabv3":
-        need = ("C4", "C5") if aux_loss else ("C5",)
-        head = "DeepLabV3" + (" with aux_loss" if aux_loss else "")
-    else:
-        need = LEVELS
-        head = {"deeplabv3plus": "DeepLabV3+", "fpn": "FPN", "unet": "U-Net"}[arch] + " (smp encoder)"
+    need = tuple(lv for lv in LEVELS if lv in spec.reads or (aux_loss and lv == "C4"))
     body = resolve_backbone(
         backbone,
         builder="build_segmenter",
-        head=head,
+        head=spec.title + (" with aux_loss" if aux_loss else ""),
         need=need,
         build_levels=need,
         weights=backbone_weights,
@@ -295,16 +364,8 @@ def build_segmenter(
         norm="bn",
         trainable_stages=trainable_stages,
     )
-    info = body.feature_info
-    aux = FCNHead(info["C4"].channels, num_classes) if aux_loss else None
-    if arch == "deeplabv3":
-        classifier = DeepLabHead(info["C5"].channels, num_classes, atrous_rates=_ASPP_RATES[output_stride])
-        model: Segmenter = DeepLabV3Segmenter(body, classifier, aux, num_classes=num_classes)
-        body_prefix, class_layers = "backbone.", ("classifier.4.", "aux_classifier.4.")
-    else:
-        smp_model = _smp_model(arch, body, num_classes=num_classes, output_stride=output_stride)
-        model = SmpSegmenter(arch, smp_model, aux, num_classes=num_classes)
-        body_prefix, class_layers = "model.encoder.backbone.", ("model.segmentation_head.", "aux_classifier.4.")
+    aux = FCNHead(body.feature_info["C4"].channels, num_classes) if aux_loss else None
+    model, body_prefix, class_layers = spec.build(arch, body, aux, num_classes=num_classes, output_stride=output_stride)
     if weights is not None:
         label, state = read_head_checkpoint(
             weights, builder="build_segmenter", arch=arch, backbone=body, torchvision_models=TORCHVISION_SEGMENTERS
