@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -36,7 +36,7 @@ from .specs import (
     LevelInfo,
     StageSpec,
 )
-from .stages import infer_stages, run_checkpointed
+from .stages import declared_feature_info, find_first_conv, infer_stages, run_checkpointed
 from .weights import LoadReport, WeightsArg, adapt_stats, match_backbone_state, read_weights
 
 __all__ = ["Backbone", "adapt_stats", "check_input", "create_backbone"]
@@ -145,35 +145,17 @@ class Backbone(FineTuningMixin, nn.Module):
                 if hasattr(owner, leaf):
                     delattr(owner, leaf)
 
-        self.first_conv: str = spec.first_conv or self._find_first_conv()
+        self.first_conv: str = spec.first_conv or find_first_conv(self, self.kept_stages[0], spec.name)
         self.feature_info = self._feature_info(trunk)
         self.out_channels = {level.name: level.channels for level in self.feature_info}
 
     # ---------------------------------------------------------------- construction
 
-    def _find_first_conv(self) -> str:
-        for path in self.kept_stages[0].modules:
-            module = self.get_submodule(path)
-            for sub_name, sub in [("", module), *module.named_modules()]:
-                if isinstance(sub, nn.Conv2d):
-                    return f"{path}.{sub_name}" if sub_name else path
-        raise TypeError(f"Backbone {self.name!r}: no Conv2d in its stem; pass first_conv= to register_backbone().")
-
     def _feature_info(self, trunk: nn.Module) -> FeatureInfo:
-        declared = {d["module"]: d for d in getattr(trunk, "feature_info", []) if isinstance(d, Mapping)}
         levels = [stage for stage in self.kept_stages if stage.level in self.out_levels]
-        if all(stage.modules[-1] in declared for stage in levels):
-            return FeatureInfo(
-                [
-                    LevelInfo(
-                        s.level,
-                        int(declared[s.modules[-1]]["num_chs"]),
-                        int(declared[s.modules[-1]]["reduction"]),
-                        s.modules[-1],
-                    )
-                    for s in levels
-                ]
-            )
+        declared = declared_feature_info(trunk, levels)
+        if declared is not None:
+            return declared
         # A trunk that declares nothing: measure once on a small input.
         size = 64
         was_training = self.training
@@ -195,11 +177,10 @@ class Backbone(FineTuningMixin, nn.Module):
     ) -> LoadReport:
         """Load a checkpoint and report what happened to every key.
 
-        The classifier is dropped, keys of stages removed by ``out_levels`` and
-        batch-norm statistics that GroupNorm has no use for are ignored, and the
-        first convolution is adapted when ``in_chans != 3``. Everything else must
-        match. Sets :attr:`weights`, :attr:`load_report` and, where the weights
-        record their normalisation, :attr:`mean`/:attr:`std`.
+        The classifier is dropped, keys of removed stages and batch-norm statistics
+        GroupNorm has no use for are ignored, and the first convolution is adapted
+        when ``in_chans != 3``; everything else must match. Sets :attr:`weights`,
+        :attr:`load_report` and, where the weights record them, :attr:`mean`/:attr:`std`.
 
         Args:
             source: A weight string (``"imagenet"``, ``"torchvision:<TAG>"``,

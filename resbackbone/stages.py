@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .specs import RESNET_STAGES, RESNETV2_STAGES, StageSpec
+from .specs import RESNET_STAGES, RESNETV2_STAGES, FeatureInfo, LevelInfo, StageSpec
 
-__all__ = ["infer_stages", "run_checkpointed", "stage_blocks"]
+__all__ = ["declared_feature_info", "find_first_conv", "infer_stages", "run_checkpointed", "stage_blocks"]
 
 
 def infer_stages(trunk: nn.Module, name: str) -> tuple[StageSpec, ...]:
@@ -26,6 +28,38 @@ def infer_stages(trunk: nn.Module, name: str) -> tuple[StageSpec, ...]:
     raise TypeError(
         f"Backbone {name!r}: its builder returned a {type(trunk).__name__}, whose stages cannot be inferred. "
         "Return a timm ResNet/ResNetV2, or pass stages=(StageSpec(...), ...) to register_backbone()."
+    )
+
+
+def find_first_conv(module: nn.Module, stem: StageSpec, name: str) -> str:
+    """Path of the first ``Conv2d`` in ``stem``'s modules of ``module``, depth first.
+
+    Raises:
+        TypeError: The stem has no ``Conv2d``; the message says to pass ``first_conv=``.
+    """
+    for path in stem.modules:
+        top = module.get_submodule(path)
+        for sub_name, sub in [("", top), *top.named_modules()]:
+            if isinstance(sub, nn.Conv2d):
+                return f"{path}.{sub_name}" if sub_name else path
+    raise TypeError(f"Backbone {name!r}: no Conv2d in its stem; pass first_conv= to register_backbone().")
+
+
+def declared_feature_info(trunk: nn.Module, levels: list[StageSpec]) -> FeatureInfo | None:
+    """The pyramid a timm trunk declares in its ``feature_info`` for these stages, or ``None`` if it does not."""
+    declared = {d["module"]: d for d in getattr(trunk, "feature_info", []) if isinstance(d, Mapping)}
+    if not all(stage.modules[-1] in declared for stage in levels):
+        return None
+    return FeatureInfo(
+        [
+            LevelInfo(
+                str(s.level),
+                int(declared[s.modules[-1]]["num_chs"]),
+                int(declared[s.modules[-1]]["reduction"]),
+                s.modules[-1],
+            )
+            for s in levels
+        ]
     )
 
 
