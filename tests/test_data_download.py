@@ -8,6 +8,7 @@ the real download, verification, extraction and conversion code runs.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -26,8 +27,8 @@ from PIL import Image
 
 from resbackbone.cli import main
 from resbackbone.data import DataConfig, build_dataset
-from resbackbone.data.archives import UnsafeArchiveError, extract_archive
-from resbackbone.data.download import (
+from resbackbone.data.acquire.archives import UnsafeArchiveError, extract_archive
+from resbackbone.data.acquire.download import (
     DATASETS,
     MANIFEST,
     DatasetEntry,
@@ -433,3 +434,10 @@ def test_cli_list_and_download(
 
     assert main(["data", "download", "cityscapes"]) == 2
     assert "need an account at https://www.cityscapes-dataset.com/" in capsys.readouterr().err
+
+
+def test_old_download_module_path_warns_and_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "resbackbone.data.download", raising=False)
+    with pytest.warns(DeprecationWarning, match=r"resbackbone\.data\.download moved to resbackbone\.data\.acquire"):
+        old = importlib.import_module("resbackbone.data.download")
+    assert old.DATASETS is DATASETS and old.download_dataset is download_dataset and old.get_entry is get_entry

@@ -82,7 +82,7 @@ def prepare(cfg: DataConfig, task: str, base_dir: str | Path | None = None) -> t
     """
     _check_task(cfg, task)
     if cfg.format == "shapes":
-        from .shapes import ensure_shapes_dataset, verify_shapes_dataset
+        from .acquire.shapes import ensure_shapes_dataset, verify_shapes_dataset
 
         root = cfg.resolve_root(base_dir)
         if root is None:

@@ -2,7 +2,7 @@
 
 Addresses are the publishers' own. Sizes are approximate. No sha256 is
 recorded yet: a hash goes in only once it has been computed from the
-published file (see :mod:`resbackbone.data.download` for how unverified
+published file (see :mod:`resbackbone.data.acquire.download` for how unverified
 archives are handled). Entries with ``manual`` set cannot be fetched
 automatically (registration, terms to accept, or size); their message says
 where to get them and which layout the loaders then expect.
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .layouts import (
+from .converters import (
     bccd_layout,
     coco2017_layout,
     dsb2018_layout,
@@ -63,7 +63,7 @@ class DatasetEntry:
         homepage: The publisher's page (terms, citation, manual download).
         archives: The files to download; empty for datasets fetched by hand.
         layout: ``layout(src, out)`` turns the extracted archives in ``src``
-            into our layout in ``out`` (see :mod:`resbackbone.data.layouts`).
+            into our layout in ``out`` (see :mod:`resbackbone.data.acquire.converters`).
         data: ``data:`` sections (without ``root``) that read the result, one per format.
         layout_text: The folder layout produced (or expected, for manual datasets).
         manual: Why and how to download by hand; ``None`` when downloadable.
