@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .augment import validate_augment
+
 __all__ = ["FORMATS", "FORMAT_TASKS", "SPLITS", "DataConfig", "SplitSpec"]
 
 Format = Literal["coco", "voc", "yolo", "mask_folder", "voc_seg", "shapes"]
@@ -162,8 +164,6 @@ class DataConfig(BaseModel):
     @classmethod
     def _check_augment(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if value:
-            from .transforms import validate_augment
-
             validate_augment(value)
         return value
 
