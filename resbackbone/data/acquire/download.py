@@ -12,7 +12,12 @@ How a download stays honest and safe:
   the published one: its sha256 is recorded in the table or given by the user
   (``sha256=`` / ``--sha256``), or a checksum the publisher's ecosystem
   records is (the md5 of Pascal VOC 2012, as torchvision's ``VOCSegmentation``
-  records it). No sha256 is recorded in the table yet: they are only to be
+  records it), or the table holds a manifest of the sha256 of the files inside
+  it (BCCD: GitHub makes the zip of a commit on demand, so its bytes may change
+  while its files do not). The files of a manifest are hashed inside the
+  archive before anything is extracted; one missing or changed refuses it,
+  naming the file, its expected and its actual sha256, and the archive is
+  deleted. The table records no archive sha256 yet: they are only to be
   written down from archives actually downloaded and hashed, which maintainers
   should do and pin. Without a known checksum the archive is downloaded, its
   sha256 is printed in the error, and nothing is extracted until the user
@@ -44,11 +49,13 @@ from typing import Any
 from ...download import DownloadError, cache_dir, download_url
 from .archives import UnsafeArchiveError, extract_archive
 from .catalog import DATASETS, Archive, DatasetEntry
+from .contents import ContentMismatchError, load_manifest, verify_contents
 
 __all__ = [
     "DATASETS",
     "MANIFEST",
     "Archive",
+    "ContentMismatchError",
     "DatasetEntry",
     "UnverifiedArchiveError",
     "data_yaml",
@@ -157,6 +164,8 @@ def _fetch(
                 f"run again to download it afresh, or download it by hand from {archive.url}."
             )
         record["verified"] = f"md5 ({archive.checksum_source})"
+    elif archive.contents:
+        pass  # its files are verified below, whatever trust says
     elif trust:
         warnings.warn(
             f"{archive.filename} has no recorded checksum and is extracted on trust; its sha256 is {digest}",
@@ -173,7 +182,25 @@ def _fetch(
             dst,
             digest,
         )
+    if archive.contents:
+        count = _verify_contents(entry, archive, dst, archive.contents)
+        files = f"file sha256 ({archive.contents}: {count} files)"
+        record["verified"] = f"{record['verified']}, {files}" if "verified" in record else files
     return dst, record
+
+
+def _verify_contents(entry: DatasetEntry, archive: Archive, dst: Path, manifest: str) -> int:
+    """Hash the files the manifest lists inside the archive; a mismatch deletes the archive."""
+    try:
+        return verify_contents(dst, load_manifest(manifest), name=manifest)
+    except ContentMismatchError as exc:
+        dst.unlink()
+        raise ContentMismatchError(
+            f"{exc} The archive was deleted, since it is not the published one (or was damaged on the way): run "
+            f"again to download it afresh, or download it by hand from {archive.url} (see {entry.homepage}).",
+            exc.archive,
+            exc.mismatches,
+        ) from None
 
 
 def _manifest(target: Path) -> dict[str, Any] | None:
@@ -224,6 +251,7 @@ def download_dataset(
         sha256: Expected sha256 of the archive (datasets of one archive): pins
             an archive whose checksum is not recorded, or overrides the table.
         trust: Extract an archive with no known checksum (its sha256 is warned).
+            The files of an archive with a content manifest are checked all the same.
         allow_large: Allow datasets marked large (COCO 2017, ≈19 GB).
         keep_archive: Keep the downloaded archives after a successful extraction.
         timeout: Socket timeout in seconds.
@@ -235,6 +263,8 @@ def download_dataset(
         ValueError: Unknown name; a large dataset without ``allow_large``;
             ``sha256`` for a many-archive dataset; a checksum mismatch (the file
             is deleted); an archive not laid out as published.
+        ContentMismatchError: A file listed in the archive's content manifest
+            is missing or changed (named with both sha256; the archive is deleted).
         UnsafeArchiveError: A member escapes the folder (nothing is kept).
         UnverifiedArchiveError: No checksum is known and ``trust`` is False.
         DownloadError: The server failed, or the dataset must be fetched by
