@@ -133,7 +133,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_download(args: argparse.Namespace) -> int:
-    from .data.download import data_yaml, download_dataset, get_entry
+    from .data.acquire import data_yaml, download_dataset, get_entry
 
     entry = get_entry(args.name)
     path = download_dataset(
@@ -152,7 +152,7 @@ def _cmd_data_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_list(args: argparse.Namespace) -> int:
-    from .data.download import DATASETS
+    from .data.acquire import DATASETS
 
     rows = [("name", "task", "size", "access", "licence")]
     rows += [(e.name, e.task, e.size, e.access, e.licence) for e in DATASETS.values()]

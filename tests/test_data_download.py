@@ -8,6 +8,7 @@ the real download, verification, extraction and conversion code runs.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -26,8 +27,8 @@ from PIL import Image
 
 from resbackbone.cli import main
 from resbackbone.data import DataConfig, build_dataset
-from resbackbone.data.archives import UnsafeArchiveError, extract_archive
-from resbackbone.data.download import (
+from resbackbone.data.acquire.archives import UnsafeArchiveError, extract_archive
+from resbackbone.data.acquire.download import (
     DATASETS,
     MANIFEST,
     DatasetEntry,
@@ -35,7 +36,7 @@ from resbackbone.data.download import (
     download_dataset,
     get_entry,
 )
-from resbackbone.download import DownloadError
+from resbackbone.weights import DownloadError
 
 from .conftest import _RangeHandler
 from .data_writers import picture, voc_xml
@@ -192,7 +193,8 @@ def test_bccd_repository_zip_becomes_voc(http_server: tuple[str, Path], tmp_path
     files = _voc_tree("BCCD_Dataset-master/BCCD", [f"BloodImage_0000{i}" for i in range(4)])
     files["BCCD_Dataset-master/LICENSE"] = b"MIT License"
     files["BCCD_Dataset-master/README.md"] = b"# BCCD Dataset"
-    entry = serve(http_server, "bccd", _zip(files), "BCCD_Dataset-master.zip")
+    # made-up files: the archive's sha256 is pinned instead of the real files' manifest (test_data_contents.py)
+    entry = serve(http_server, "bccd", _zip(files), "BCCD_Dataset-master.zip", contents=None)
     path = download_dataset(entry, root=tmp_path, progress=False)
     assert (path / "LICENSE").read_text() == "MIT License"
     ds = load(entry.data[0], path, "test", "detection")
@@ -433,3 +435,10 @@ def test_cli_list_and_download(
 
     assert main(["data", "download", "cityscapes"]) == 2
     assert "need an account at https://www.cityscapes-dataset.com/" in capsys.readouterr().err
+
+
+def test_old_download_module_path_warns_and_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "resbackbone.data.download", raising=False)
+    with pytest.warns(DeprecationWarning, match=r"resbackbone\.data\.download moved to resbackbone\.data\.acquire"):
+        old = importlib.import_module("resbackbone.data.download")
+    assert old.DATASETS is DATASETS and old.download_dataset is download_dataset and old.get_entry is get_entry

@@ -178,6 +178,19 @@ def test_segmentation_predict_writes_full_size_masks(tmp_path: Path, session_cac
     assert sum(record["pixels"].values()) == 200 * 150
 
 
+def test_predict_on_a_folder_finds_every_image_type_training_reads(tmp_path: Path, session_cache: Path) -> None:
+    from PIL import Image
+
+    Trainer(_shapes_recipe(tmp_path, "optim.epochs=1", "run.max_steps_per_epoch=1"), progress=False).fit()
+    image = Image.open(sorted(session_cache.rglob("images/test/*.png"))[0])
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    image.save(folder / "a.webp")
+    image.save(folder / "b.png")
+    results = predict(tmp_path / "run" / "best.pt", [folder], tmp_path / "pred", device="cpu", progress=False)
+    assert [Path(json.loads(line)["image"]).name for line in results.read_text().splitlines()] == ["a.webp", "b.png"]
+
+
 def test_predict_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"Checkpoint .*nope\.pt does not exist"):
         predict(tmp_path / "nope.pt", [tmp_path], tmp_path / "out")

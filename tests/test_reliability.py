@@ -29,8 +29,7 @@ import pytest
 import torch
 
 from resbackbone.cli import main
-from resbackbone.data import DataConfig, check_dataset
-from resbackbone.data.shapes import ensure_shapes_dataset, verify_shapes_dataset
+from resbackbone.data import DataConfig, check_dataset, ensure_shapes_dataset, verify_shapes_dataset
 from resbackbone.engine import Trainer, TrainingError
 from resbackbone.engine.checkpoint import load_checkpoint
 from resbackbone.recipes import load_recipe
@@ -216,7 +215,7 @@ def test_sigkill_mid_checkpoint_write_then_resume_matches(
 def test_sigkill_while_generating_the_dataset_cache_leaves_no_half_dataset(tmp_path: Path) -> None:
     root = tmp_path / "cache" / "shapes"
     params = {"n_train": 100, "n_val": 2, "n_test": 2, "image_size": 64}
-    code = f"from resbackbone.data.shapes import ensure_shapes_dataset as e; e({str(root)!r}, **{params!r})"
+    code = f"from resbackbone.data import ensure_shapes_dataset as e; e({str(root)!r}, **{params!r})"
 
     def generating() -> bool:
         temps = list(root.parent.glob(".shapes.tmp-*/images/train")) if root.parent.is_dir() else []

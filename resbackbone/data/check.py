@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from .coco import rasterize
 from .config import SPLITS, DataConfig
-from .images import decode_image, read_mask
-from .index import class_names, index_split, prepare
-from .layout import DetectionRecord, SegmentationRecord, resolve_split
-from .masks import apply_class_map, build_class_map, ignore_code
+from .formats import FORMAT_SPECS
+from .formats.masks import build_class_map, record_mask
+from .formats.records import DetectionRecord, SegmentationRecord
+from .images import decode_image
+from .index import class_names, index_split, prepare, resolve_split
 from .problems import DataError, Problem, Reporter
 
 __all__ = ["check_dataset"]
@@ -51,19 +51,11 @@ def _check_segmentation(
     rec: SegmentationRecord, hw: tuple[int, int], lut: np.ndarray | None, k: int, reporter: Reporter
 ) -> None:
     try:
-        if rec.mask is None:
-            mask = rasterize(rec, ignore_code(k))
-            where: Path = rec.image
-        else:
-            assert lut is not None
-            mask = apply_class_map(read_mask(rec.mask), lut, rec.mask, k)
-            where = rec.mask
+        mask = record_mask(rec, lut, k)
     except DataError as exc:
         reporter.error(exc.path or rec.mask or rec.image, _strip(str(exc), exc.path))
         return
-    except Exception as exc:  # pycocotools on malformed polygons
-        reporter.error(rec.image, f"segmentation cannot be rasterised ({exc})")
-        return
+    where = rec.mask or rec.image
     if mask.shape != hw:
         reporter.error(
             where,
@@ -80,7 +72,8 @@ def _strip(message: str, path: str | None) -> str:
 def _deep_check(
     records: list[Any], cfg: DataConfig, task: str, names: list[str], reporter: Reporter, progress: bool
 ) -> None:
-    lut = build_class_map(cfg, names) if task == "segmentation" and cfg.format != "coco" else None
+    mask_files = task == "segmentation" and FORMAT_SPECS[cfg.format].mask_files
+    lut = build_class_map(cfg, names) if mask_files else None
     notes: dict[str, list[str]] = defaultdict(list)
     dicom_missing = False
     items = records

@@ -24,58 +24,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .augment import validate_augment
+from .formats import FORMAT_SPECS, FORMAT_TASKS, FORMATS
+from .formats.base import SPLITS, SplitSpec
+
 __all__ = ["FORMATS", "FORMAT_TASKS", "SPLITS", "DataConfig", "SplitSpec"]
 
-Format = Literal["coco", "voc", "yolo", "mask_folder", "voc_seg", "shapes"]
-FORMATS: tuple[str, ...] = ("coco", "voc", "yolo", "mask_folder", "voc_seg", "shapes")
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-
-#: The tasks each format can serve (COCO polygons/RLE are rasterised for segmentation).
-FORMAT_TASKS: dict[str, tuple[str, ...]] = {
-    "coco": ("detection", "segmentation"),
-    "voc": ("detection",),
-    "yolo": ("detection",),
-    "mask_folder": ("segmentation",),
-    "voc_seg": ("segmentation",),
-    "shapes": ("detection", "segmentation"),
-}
-
-# Which SplitSpec fields each format reads, and where a bare split name points.
-_SPLIT_FIELDS: dict[str, tuple[str, ...]] = {
-    "coco": ("annotations", "images"),
-    "voc": ("list",),
-    "voc_seg": ("list",),
-    "yolo": ("images", "list"),
-    "mask_folder": ("list", "images", "masks"),
-    "shapes": (),
-}
-_LIST_FOLDER = {"voc": "ImageSets/Main", "voc_seg": "ImageSets/Segmentation", "mask_folder": ""}
-
-
-class SplitSpec(BaseModel):
-    """Where one split lives, relative to ``data.root``. Which fields apply depends on the format.
-
-    * ``coco``: ``annotations`` (the COCO JSON file, required) and ``images``
-      (the folder its ``file_name`` entries are relative to; default: ``root``).
-      Short form: ``train: annotations/instances_train.json``.
-    * ``voc`` / ``voc_seg``: ``list``, the split file of image ids. Short form:
-      a bare name ``train`` means ``ImageSets/Main/train.txt`` (``voc``) or
-      ``ImageSets/Segmentation/train.txt`` (``voc_seg``); a value with a ``/``
-      or ending in ``.txt`` is a path.
-    * ``yolo``: ``images`` (a folder searched recursively; labels come from the
-      matching ``labels`` folder) or ``list`` (a text file of image paths).
-      Short form: ``train: images/train`` or ``train: train.txt``.
-    * ``mask_folder``: ``list`` (a file of image ids; short form ``train`` means
-      ``<root>/train.txt``), ``images`` (default ``images``) and ``masks``
-      (default ``masks``); without ``list`` every image in ``images`` is used.
-    """
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
-
-    annotations: Path | None = None
-    images: Path | None = None
-    masks: Path | None = None
-    list_: Path | None = Field(default=None, alias="list")
+Format = Literal[FORMATS]  # type: ignore[valid-type]  # the names in the format table
 
 
 class DataConfig(BaseModel):
@@ -162,8 +117,6 @@ class DataConfig(BaseModel):
     @classmethod
     def _check_augment(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if value:
-            from .transforms import validate_augment
-
             validate_augment(value)
         return value
 
@@ -176,17 +129,18 @@ class DataConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_format(self) -> DataConfig:
-        fmt = self.format
-        if fmt == "shapes":
+        fmt, spec = self.format, FORMAT_SPECS[self.format]
+        if spec.read_as:
             for name in ("train", "val", "test", "classes", "class_map"):
                 if getattr(self, name) is not None:
                     raise ValueError(
-                        f"data.{name} cannot be set for format 'shapes' (its splits and classes are fixed); remove it"
+                        f"data.{name} cannot be set for format {fmt!r} (its splits and classes are fixed); remove it"
                     )
-        elif self.root is None:
+        if spec.generate is None and self.root is None:
             raise ValueError(f"data.root is required for format {fmt!r}; set it to the dataset folder")
-        if self.class_map is not None and fmt not in ("mask_folder", "voc_seg"):
-            raise ValueError(f"data.class_map applies to mask formats (mask_folder, voc_seg), not {fmt!r}; remove it")
+        if self.class_map is not None and not spec.mask_files:
+            masks = ", ".join(name for name, s in FORMAT_SPECS.items() if s.mask_files)
+            raise ValueError(f"data.class_map applies to mask formats ({masks}), not {fmt!r}; remove it")
         if self.class_map is not None:
             self._check_class_map(self.class_map)
         for split in SPLITS:
@@ -218,7 +172,7 @@ class DataConfig(BaseModel):
     @property
     def size_hw(self) -> tuple[int, int]:
         """The network input size as ``(height, width)``."""
-        size = self.image_size if self.image_size is not None else (128 if self.format == "shapes" else 512)
+        size = self.image_size if self.image_size is not None else FORMAT_SPECS[self.format].image_size
         return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
     def resolve_root(self, base_dir: str | Path | None = None) -> Path | None:
@@ -240,38 +194,5 @@ class DataConfig(BaseModel):
         value = getattr(self, split)
         if value is None:
             return None
-        fmt = self.format
-        if isinstance(value, str):
-            return _expand(fmt, split, value)
-        used = {k for k in ("annotations", "images", "masks", "list_") if getattr(value, k) is not None}
-        allowed = set(_SPLIT_FIELDS[fmt])
-        for key in sorted(used):
-            name = "list" if key == "list_" else key
-            if name not in allowed:
-                raise ValueError(
-                    f"data.{split}.{name} is not used by format {fmt!r}; its splits take {sorted(allowed)}"
-                )
-        if fmt == "coco" and value.annotations is None:
-            raise ValueError(f"data.{split}.annotations is required for format 'coco' (the COCO JSON file)")
-        if fmt in ("voc", "voc_seg") and value.list_ is None:
-            raise ValueError(f"data.{split}.list is required for format {fmt!r} (the split file of image ids)")
-        if fmt == "yolo" and (value.images is None) == (value.list_ is None):
-            raise ValueError(f"data.{split} for format 'yolo' takes exactly one of images (a folder) or list (a file)")
-        return value
-
-
-def _is_path(value: str) -> bool:
-    return "/" in value or "\\" in value or value.endswith(".txt")
-
-
-def _expand(fmt: str, split: str, value: str) -> SplitSpec:
-    if not value.strip():
-        raise ValueError(f"data.{split} is empty; give the split's name or path")
-    if fmt == "coco":
-        return SplitSpec(annotations=Path(value))
-    if fmt == "yolo":
-        return SplitSpec(list=Path(value)) if value.endswith(".txt") else SplitSpec(images=Path(value))
-    if fmt in _LIST_FOLDER:
-        path = Path(value) if _is_path(value) else Path(_LIST_FOLDER[fmt]) / f"{value}.txt"
-        return SplitSpec(list=path)
-    raise ValueError(f"data.{split} cannot be set for format {fmt!r}")
+        spec = FORMAT_SPECS[self.format]
+        return spec.parse_split(split, value) if isinstance(value, str) else spec.check_split(split, value)

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .coco import rasterize
 from .config import DataConfig
-from .images import read_image, read_mask
+from .formats import FORMAT_SPECS
+from .formats.masks import build_class_map, ignore_code, record_mask
+from .formats.records import DetectionRecord, SegmentationRecord
+from .images import read_image
 from .index import class_names, index_split, prepare
-from .layout import DetectionRecord, SegmentationRecord
-from .masks import apply_class_map, build_class_map, ignore_code
 from .problems import DataError
 from .transforms import build_transforms
 
@@ -98,7 +98,7 @@ class DetectionDataset(_Base):
     """Detection samples; see the module docstring for the item format.
 
     Attributes:
-        records: One :class:`~resbackbone.data.layout.DetectionRecord` per image.
+        records: One :class:`~resbackbone.data.formats.records.DetectionRecord` per image.
         classes: Object class names; label ``i`` is ``classes[i - 1]``.
     """
 
@@ -127,7 +127,7 @@ class SegmentationDataset(_Base):
     """Segmentation samples ``(image, mask)``; see the module docstring.
 
     Attributes:
-        records: One :class:`~resbackbone.data.layout.SegmentationRecord` per image.
+        records: One :class:`~resbackbone.data.formats.records.SegmentationRecord` per image.
         classes: Mask class names, background first.
         ignore_index: Value of ignored pixels in the returned masks.
     """
@@ -144,17 +144,8 @@ class SegmentationDataset(_Base):
         Raises:
             DataError: Unreadable mask, size differing from the image, or values outside the class map.
         """
-        if rec.mask is None:
-            try:
-                mask = rasterize(rec, self.ignore_code)
-            except Exception as exc:  # pycocotools raises bare exceptions on malformed polygons
-                raise DataError(f"{rec.image}: COCO segmentation cannot be rasterised ({exc})", rec.image) from None
-            where = f"annotation size for {rec.image}"
-        else:
-            raw = read_mask(rec.mask)
-            assert self.lut is not None
-            mask = apply_class_map(raw, self.lut, rec.mask, len(self.classes))
-            where = str(rec.mask)
+        mask = record_mask(rec, self.lut, len(self.classes))
+        where = str(rec.mask) if rec.mask is not None else f"annotation size for {rec.image}"
         if mask.shape != image_hw:
             raise DataError(
                 f"{where}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {rec.image.name} is "
@@ -255,5 +246,5 @@ def build_dataset(
         )
     code = ignore_code(len(names))
     transform = build_transforms(prepared, task=task, train=train, mask_fill=code)
-    lut = build_class_map(prepared, names) if prepared.format != "coco" else None
+    lut = build_class_map(prepared, names) if FORMAT_SPECS[prepared.format].mask_files else None
     return SegmentationDataset(records, lut=lut, ignore_index=cfg.ignore_index, transform=transform, **common)

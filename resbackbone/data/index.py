@@ -1,77 +1,58 @@
-"""From a :class:`DataConfig` to records: root resolution, the shapes dataset, class names, split indexing."""
+"""From a :class:`DataConfig` to records, through the format table: roots, class names, splits, indexing."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from .coco import index_coco, load_coco
-from .config import FORMAT_TASKS, SPLITS, DataConfig, SplitSpec
-from .layout import require_root, resolve_split
-from .masks import index_masks, mask_class_names
-from .problems import DataError, Reporter
-from .voc import index_voc, voc_class_names
-from .yolo import index_yolo, yolo_class_names
+from .config import SPLITS, DataConfig, SplitSpec
+from .formats import FORMAT_SPECS, FORMAT_TASKS, FormatSpec
+from .formats.records import require_root
+from .problems import Reporter
 
-__all__ = ["class_names", "has_split", "index_split", "prepare"]
-
-SHAPES_CLASSES = ["circle", "square", "triangle"]
+__all__ = ["class_names", "format_spec", "has_split", "index_split", "prepare", "resolve_split"]
 
 
-def _check_task(cfg: DataConfig, task: str) -> None:
+def format_spec(cfg: DataConfig, task: str) -> FormatSpec:
+    """The table entry of ``cfg.format``, checked to serve ``task``.
+
+    Raises:
+        ValueError: Unknown task, or one the format has no labels for.
+    """
     if task not in ("detection", "segmentation"):
         raise ValueError(f"Unknown task {task!r}; expected 'detection' or 'segmentation'")
-    if task not in FORMAT_TASKS[cfg.format]:
+    spec = FORMAT_SPECS[cfg.format]
+    if task not in spec.tasks:
         raise ValueError(
-            f"Data format {cfg.format!r} provides {' and '.join(FORMAT_TASKS[cfg.format])} labels, not {task}; "
-            f"pick a {FORMAT_TASKS[cfg.format][0]} head or a format with {task} labels "
+            f"Data format {cfg.format!r} provides {' and '.join(spec.tasks)} labels, not {task}; "
+            f"pick a {spec.tasks[0]} head or a format with {task} labels "
             f"({', '.join(f for f, t in FORMAT_TASKS.items() if task in t)})"
         )
+    return spec
 
 
-def _shapes_config(cfg: DataConfig, root: Path, task: str) -> DataConfig:
-    """The shapes dataset seen as COCO (detection) or as a mask folder (segmentation)."""
-    if task == "detection":
-        splits = {s: SplitSpec(annotations=Path(f"annotations/{s}.json"), images=Path(f"images/{s}")) for s in SPLITS}
-        update: dict[str, Any] = {"format": "coco", "classes": list(SHAPES_CLASSES)}
-    else:
-        splits = {s: SplitSpec(images=Path(f"images/{s}"), masks=Path(f"masks/{s}")) for s in SPLITS}
-        update = {"format": "mask_folder", "classes": ["background", *SHAPES_CLASSES]}
-    return cfg.model_copy(update={**update, **splits, "root": root, "image_size": cfg.size_hw})
+def _read_as(cfg: DataConfig, spec: FormatSpec, task: str, root: Path | None) -> DataConfig:
+    """A generated format's config seen as the format its folder is read with (fixed splits and classes)."""
+    update: dict[str, Any] = {**spec.read_as[task], "image_size": cfg.size_hw}
+    if root is not None:
+        update["root"] = root
+    return cfg.model_copy(update=update)
 
 
-def _coco_names(cfg: DataConfig, root: Path, *, strict: bool = True) -> list[str] | None:
-    """Category names (sorted by id) of the first configured COCO file that loads.
-
-    With ``strict=False`` a dataset whose files all fail gives None, leaving the
-    detailed errors to the indexing of each split.
-    """
-    reporter = Reporter("all")
-    for split in SPLITS:
-        spec = cfg.split_spec(split)
-        if spec is None or spec.annotations is None:
-            continue
-        path = root / spec.annotations
-        data = load_coco(path, reporter)
-        if data is None:
-            continue
-        names = [c.name for c in sorted(data.categories, key=lambda c: c.id)]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise DataError(f"{path}: category names {dup} are used by several ids; names must be unique", path)
-        return names
-    if not strict:
-        return None
-    if reporter.problems:
-        reporter.finish()  # raises every problem found
-    raise DataError("No COCO split is configured; set data.train: {annotations: ..., images: ...}")
+def _found_names(cfg: DataConfig, spec: FormatSpec, root: Path, *, strict: bool) -> list[str] | None:
+    """The format's default classes, else the names its annotation files use (``data.classes`` unset)."""
+    if spec.classes is not None:
+        return list(spec.classes)
+    assert spec.find_classes is not None  # every format without default classes reads them from its files
+    return spec.find_classes(cfg, root, strict=strict)
 
 
 def prepare(cfg: DataConfig, task: str, base_dir: str | Path | None = None) -> tuple[DataConfig, Path]:
     """Check the task fits the format, resolve the root, and pin the class list.
 
-    The ``shapes`` format is generated (or reused) in the cache unless ``root``
-    names an existing copy, and is then read as COCO or as a mask folder.
+    A generated format (``shapes``) is made (or reused) in the cache unless
+    ``root`` names an existing copy, and is then read with the format its
+    table entry names for the task (COCO or a mask folder).
 
     Returns:
         ``(cfg, root)``: a config whose ``classes`` is set, and the absolute root.
@@ -80,30 +61,14 @@ def prepare(cfg: DataConfig, task: str, base_dir: str | Path | None = None) -> t
         ValueError: The task does not fit the format.
         DataError: The root is missing, or class names cannot be determined.
     """
-    _check_task(cfg, task)
-    if cfg.format == "shapes":
-        from .shapes import ensure_shapes_dataset, verify_shapes_dataset
-
-        root = cfg.resolve_root(base_dir)
-        if root is None:
-            root = ensure_shapes_dataset()
-        else:
-            verify_shapes_dataset(require_root(root))
-        return _shapes_config(cfg, root, task), root
+    spec = format_spec(cfg, task)
+    if spec.generate is not None:
+        root = spec.generate(cfg.resolve_root(base_dir))
+        return _read_as(cfg, spec, task, root), root
     root = require_root(cfg.resolve_root(base_dir))
     if cfg.classes is None:
-        cfg = cfg.model_copy(update={"classes": _object_names(cfg, root, strict=False)})
+        cfg = cfg.model_copy(update={"classes": _found_names(cfg, spec, root, strict=False)})
     return cfg, root
-
-
-def _object_names(cfg: DataConfig, root: Path, *, strict: bool = True) -> list[str] | None:
-    if cfg.format == "coco":
-        return _coco_names(cfg, root, strict=strict)
-    if cfg.format == "voc":
-        return voc_class_names(cfg, root)
-    if cfg.format == "yolo":
-        return yolo_class_names(cfg, root)
-    return mask_class_names(cfg)
 
 
 def class_names(cfg: DataConfig, task: str, base_dir: str | Path | None = None) -> list[str]:
@@ -127,21 +92,25 @@ def class_names(cfg: DataConfig, task: str, base_dir: str | Path | None = None) 
         >>> class_names(DataConfig(format="shapes"), "detection")
         ['circle', 'square', 'triangle']
     """
-    _check_task(cfg, task)
-    if cfg.format == "shapes":
-        return list(SHAPES_CLASSES) if task == "detection" else ["background", *SHAPES_CLASSES]
-    if cfg.format in ("mask_folder", "voc_seg"):
-        return mask_class_names(cfg)
+    spec = format_spec(cfg, task)
+    if spec.read_as:
+        cfg = _read_as(cfg, spec, task, None)
+        spec = FORMAT_SPECS[cfg.format]
     if cfg.classes is not None:
         names = list(cfg.classes)
     else:
-        names = _object_names(cfg, require_root(cfg.resolve_root(base_dir))) or []
-    return ["background", *names] if task == "segmentation" else names
+        names = _found_names(cfg, spec, require_root(cfg.resolve_root(base_dir)), strict=True) or []
+    return ["background", *names] if task == "segmentation" and not spec.mask_files else names
+
+
+def resolve_split(cfg: DataConfig, split: str, root: Path) -> SplitSpec | None:
+    """The split's spec: as configured, else the format's conventional location if present, else None."""
+    return cfg.split_spec(split) or FORMAT_SPECS[cfg.format].find_split(root, split)
 
 
 def has_split(cfg: DataConfig, split: str, base_dir: str | Path | None = None) -> bool:
     """Whether ``split`` is configured or present at the format's conventional place."""
-    if cfg.format == "shapes":
+    if FORMAT_SPECS[cfg.format].read_as:
         return split in SPLITS
     root = cfg.resolve_root(base_dir)
     return root is not None and resolve_split(cfg, split, root) is not None
@@ -158,24 +127,18 @@ def index_split(
     Raises:
         ValueError: The split is neither configured nor present at its conventional place.
     """
-    spec = resolve_split(cfg, split, root)
-    if spec is None:
+    split_spec = resolve_split(cfg, split, root)
+    if split_spec is None:
         raise ValueError(
             f"data.{split} is not set and {cfg.format!r} has no {split} split at its usual place in {root}; "
             f"set data.{split}"
         )
+    index = FORMAT_SPECS[cfg.format].index
+    if index is None:
+        raise ValueError(f"format {cfg.format!r} is read through another format; index prepare(cfg, task)[0]")
     reporter = Reporter(split, mode)  # type: ignore[arg-type]
-    fmt = cfg.format
-    records: list[Any]
-    if fmt == "coco":
-        records = index_coco(cfg, spec, root, reporter, task=task)
-    elif fmt == "voc":
-        records = index_voc(cfg, spec, root, reporter)
-    elif fmt == "yolo":
-        records = index_yolo(cfg, spec, root, reporter, names=list(cfg.classes or []))
-    else:
-        records = index_masks(cfg, spec, root, reporter)
+    records = index(cfg, split_spec, root, reporter, task=task)
     if not records:
-        where = spec.list_ or spec.annotations or spec.images or root
+        where = split_spec.list_ or split_spec.annotations or split_spec.images or root
         reporter.error(root / where, f"split {split!r} is empty: no usable images")
     return records, reporter

@@ -12,13 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.images import IMAGE_EXTENSIONS
 from ..recipes import Recipe
 from .builders import build_model, find_backbone, input_normalization
 from .checkpoint import atomic_write_bytes, load_checkpoint
 
 __all__ = ["evaluate_checkpoint", "load_model", "predict"]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 
 
 def load_model(
@@ -103,13 +102,14 @@ def _collect(images: Sequence[str | os.PathLike[str]]) -> list[Path]:
     for item in images:
         path = Path(item)
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         elif path.is_file():
             found.append(path)
         else:
             raise ValueError(f"{item}: no such image file or folder.")
     if not found:
-        raise ValueError(f"No images found in {', '.join(map(str, images))} (looked for {', '.join(IMAGE_SUFFIXES)}).")
+        looked = ", ".join(IMAGE_EXTENSIONS)
+        raise ValueError(f"No images found in {', '.join(map(str, images))} (looked for {looked}).")
     return found
 
 

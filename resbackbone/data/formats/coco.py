@@ -1,9 +1,9 @@
-"""COCO JSON: boxes for detection, polygons/RLE rasterised for segmentation (pycocotools).
+"""COCO JSON: boxes for detection, polygons/RLE for segmentation (rasterised by :func:`.masks.rasterize`).
 
 The file is validated field by field first (pydantic), so a malformed file is
 a :class:`DataError` naming the file and the JSON path of the first bad
-entries; pycocotools then indexes annotations per image and rasterises
-segmentations.
+entries; pycocotools then indexes annotations per image. Class names are the
+categories sorted by id, unless ``data.classes`` picks and orders them.
 """
 
 from __future__ import annotations
@@ -11,18 +11,17 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .config import DataConfig, SplitSpec
-from .layout import DetectionRecord, SegmentationRecord, join_inside, sanitize_boxes
-from .problems import Reporter
+from ..problems import DataError, Reporter
+from .base import SPLITS, FormatSpec, ReaderConfig, SplitSpec
+from .records import DetectionRecord, SegmentationRecord, join_inside, sanitize_boxes
 
-__all__ = ["coco_categories", "index_coco", "load_coco"]
+__all__ = ["COCO", "coco_categories", "coco_class_names", "index_coco", "load_coco"]
 
 
 class _Image(BaseModel):
@@ -84,7 +83,7 @@ def load_coco(path: Path, reporter: Reporter) -> _CocoFile | None:
     return data if ok else None
 
 
-def coco_categories(data: _CocoFile, cfg: DataConfig, path: Path, reporter: Reporter) -> dict[int, int]:
+def coco_categories(data: _CocoFile, cfg: ReaderConfig, path: Path, reporter: Reporter) -> dict[int, int]:
     """Map COCO category ids to labels 1..K (``data.classes`` order, else sorted by id)."""
     if cfg.classes is None:
         return {c.id: i + 1 for i, c in enumerate(sorted(data.categories, key=lambda c: c.id))}
@@ -112,7 +111,7 @@ def _coco_api(data: _CocoFile):  # type: ignore[no-untyped-def]
 
 
 def index_coco(
-    cfg: DataConfig, spec: SplitSpec, root: Path, reporter: Reporter, *, task: str
+    cfg: ReaderConfig, spec: SplitSpec, root: Path, reporter: Reporter, *, task: str
 ) -> list[DetectionRecord] | list[SegmentationRecord]:
     """Index a COCO split.
 
@@ -182,25 +181,43 @@ def index_coco(
     return records
 
 
-def rasterize(record: SegmentationRecord, ignore_code: int) -> np.ndarray:
-    """Semantic mask of a COCO record: class index per pixel, larger objects painted first, crowds ignored."""
-    from pycocotools import mask as mask_utils
+def coco_class_names(cfg: ReaderConfig, root: Path, *, strict: bool = True) -> list[str] | None:
+    """Category names (sorted by id) of the first configured COCO file that loads.
 
-    assert record.size is not None
-    h, w = record.size
-    out = np.zeros((h, w), dtype=np.uint8 if ignore_code <= 255 else np.int32)
-    painted = []
-    for label, seg, crowd in record.shapes:
-        if isinstance(seg, list):
-            rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-        elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
-            rle = mask_utils.frPyObjects(seg, h, w)
-        else:
-            rle = seg
-        with warnings.catch_warnings():  # pycocotools' own numpy-2 copy-keyword notice
-            warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
-            m = mask_utils.decode(rle).astype(bool)
-        painted.append((int(m.sum()), label, crowd, m))
-    for _, label, crowd, m in sorted(painted, key=lambda t: -t[0]):
-        out[m] = ignore_code if crowd else label
-    return out
+    With ``strict=False`` a dataset whose files all fail gives None, leaving the
+    detailed errors to the indexing of each split.
+
+    Raises:
+        DataError: Two categories share a name; with ``strict``, no file loads
+            (every problem listed) or no split is configured.
+    """
+    reporter = Reporter("all")
+    for split in SPLITS:
+        spec = cfg.split_spec(split)
+        if spec is None or spec.annotations is None:
+            continue
+        path = root / spec.annotations
+        data = load_coco(path, reporter)
+        if data is None:
+            continue
+        names = [c.name for c in sorted(data.categories, key=lambda c: c.id)]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise DataError(f"{path}: category names {dup} are used by several ids; names must be unique", path)
+        return names
+    if not strict:
+        return None
+    if reporter.problems:
+        reporter.finish()  # raises every problem found
+    raise DataError("No COCO split is configured; set data.train: {annotations: ..., images: ...}")
+
+
+COCO = FormatSpec(
+    name="coco",
+    tasks=("detection", "segmentation"),
+    split_fields=("annotations", "images"),
+    short_field="annotations",
+    required=(("annotations", "the COCO JSON file"),),
+    index=index_coco,
+    find_classes=coco_class_names,
+)

@@ -26,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .problems import DataError
+from ...weights import cache_dir
+from ..problems import DataError
 
-__all__ = ["SHAPES_NAME", "ensure_shapes_dataset", "verify_shapes_dataset"]
+__all__ = ["SHAPES_CLASSES", "SHAPES_NAME", "ensure_shapes_dataset", "verify_shapes_dataset"]
 
 SHAPES_NAME = "shapes-v2"
-_CLASSES = ("circle", "square", "triangle")
+#: Class names of the shapes, in category-id order (1, 2, 3).
+SHAPES_CLASSES = ("circle", "square", "triangle")
 _DEFAULTS = {"seed": 0, "n_train": 1024, "n_val": 128, "n_test": 128, "image_size": 128}
 _PALETTE = [0, 0, 0, 230, 25, 75, 60, 180, 75, 0, 130, 200]
 
@@ -93,7 +95,7 @@ def _generate(folder: Path, params: dict[str, int]) -> None:
     from PIL import Image
 
     size = params["image_size"]
-    categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(_CLASSES)]
+    categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPES_CLASSES)]
     for split_index, split in enumerate(("train", "val", "test")):
         (folder / "images" / split).mkdir(parents=True)
         (folder / "masks" / split).mkdir(parents=True)
@@ -132,7 +134,7 @@ def _generate(folder: Path, params: dict[str, int]) -> None:
         (folder / "annotations").mkdir(exist_ok=True)
         (folder / "annotations" / f"{split}.json").write_text(json.dumps(coco), encoding="utf-8")
     files = {str(p.relative_to(folder).as_posix()): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
-    manifest = {"name": SHAPES_NAME, "params": params, "classes": list(_CLASSES), "files": files}
+    manifest = {"name": SHAPES_NAME, "params": params, "classes": list(SHAPES_CLASSES), "files": files}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
 
 
@@ -196,8 +198,6 @@ def ensure_shapes_dataset(
     if min(n_train, n_val, n_test) < 1 or image_size < 32:
         raise ValueError(f"shapes dataset needs at least 1 image per split and image_size >= 32; got {params}")
     if root is None:
-        from ..weights import cache_dir
-
         suffix = "" if params == _DEFAULTS else "-" + hashlib.sha256(json.dumps(params).encode()).hexdigest()[:8]
         root = cache_dir("datasets") / f"{SHAPES_NAME}{suffix}"
     root = Path(root)

@@ -1,4 +1,4 @@
-"""Records, split resolution, safe path joining and box sanitising shared by the formats."""
+"""Records (one per image), safe path joining, id lists, image search and box sanitising shared by the formats."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import DataConfig, SplitSpec
-from .images import IMAGE_EXTENSIONS
-from .problems import DataError, Reporter
+from ..images import IMAGE_EXTENSIONS
+from ..problems import DataError, Reporter
 
 __all__ = [
     "DetectionRecord",
@@ -19,7 +18,7 @@ __all__ = [
     "find_images",
     "join_inside",
     "read_id_list",
-    "resolve_split",
+    "require_root",
     "sanitize_boxes",
 ]
 
@@ -62,27 +61,6 @@ class SegmentationRecord:
     image_id: int
     shapes: tuple[tuple[int, Any, int], ...] = ()
     size: tuple[int, int] | None = None
-
-
-def resolve_split(cfg: DataConfig, split: str, root: Path) -> SplitSpec | None:
-    """The split's spec: as configured, else the format's conventional location if present, else None."""
-    spec = cfg.split_spec(split)
-    if spec is not None:
-        return spec
-    fmt = cfg.format
-    if fmt in ("voc", "voc_seg"):
-        folder = "Main" if fmt == "voc" else "Segmentation"
-        rel = Path("ImageSets") / folder / f"{split}.txt"
-        return SplitSpec(list=rel) if (root / rel).is_file() else None
-    if fmt == "mask_folder":
-        if (root / f"{split}.txt").is_file():
-            return SplitSpec(list=Path(f"{split}.txt"))
-        if (root / "images" / split).is_dir():
-            return SplitSpec(images=Path("images") / split, masks=Path("masks") / split)
-        return None
-    if fmt == "yolo" and (root / "images" / split).is_dir():
-        return SplitSpec(images=Path("images") / split)
-    return None
 
 
 def join_inside(

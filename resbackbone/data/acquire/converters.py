@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import IMAGE_EXTENSIONS
+from ..images import IMAGE_EXTENSIONS
 
 __all__ = [
     "bccd_layout",

@@ -13,16 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DataConfig, SplitSpec
-from .images import IMAGE_EXTENSIONS
-from .layout import DetectionRecord, find_images, join_inside, sanitize_boxes
-from .problems import DataError, Reporter
+from ..images import IMAGE_EXTENSIONS
+from ..problems import DataError, Reporter
+from .base import FormatSpec, ReaderConfig, SplitSpec
+from .records import DetectionRecord, find_images, join_inside, sanitize_boxes
 
-__all__ = ["index_yolo", "label_path", "yolo_class_names"]
+__all__ = ["YOLO", "index_yolo", "label_path", "yolo_class_names"]
 
 
-def yolo_class_names(cfg: DataConfig, root: Path) -> list[str]:
+def yolo_class_names(cfg: ReaderConfig, root: Path, *, strict: bool = True) -> list[str]:
     """``data.classes``, else ``names`` from ``<root>/data.yaml`` (list or ``{id: name}``).
+
+    Labels carry only class ids, so the names are required whatever ``strict`` says.
 
     Raises:
         DataError: Neither is available, or data.yaml is malformed.
@@ -95,7 +97,7 @@ def _parse_labels(path: Path, num_classes: int, reporter: Reporter) -> tuple[np.
     return np.array(boxes, dtype=np.float64).reshape(-1, 4), np.array(labels, dtype=np.int64)
 
 
-def _list_images(cfg: DataConfig, spec: SplitSpec, root: Path, reporter: Reporter) -> list[Path]:
+def _list_images(cfg: ReaderConfig, spec: SplitSpec, root: Path, reporter: Reporter) -> list[Path]:
     if spec.images is not None:
         return list(find_images(root / spec.images, reporter, recursive=True).values())
     assert spec.list_ is not None
@@ -128,12 +130,14 @@ def _list_images(cfg: DataConfig, spec: SplitSpec, root: Path, reporter: Reporte
 
 
 def index_yolo(
-    cfg: DataConfig, spec: SplitSpec, root: Path, reporter: Reporter, *, names: list[str]
+    cfg: ReaderConfig, spec: SplitSpec, root: Path, reporter: Reporter, *, task: str = "detection"
 ) -> list[DetectionRecord]:
     """Index a YOLO split; boxes stay normalised (``normalized=True``) until the image size is known.
 
-    Images without a label file are kept as background images (a warning in check mode).
+    Class ids index ``cfg.classes``. Images without a label file are kept as
+    background images (a warning in check mode).
     """
+    names = list(cfg.classes or [])
     records = []
     for n, image in enumerate(_list_images(cfg, spec, root, reporter)):
         labels_file = label_path(image, root)
@@ -146,3 +150,15 @@ def index_yolo(
         boxes, labels = sanitize_boxes(boxes, labels, (1, 1), labels_file, reporter)
         records.append(DetectionRecord(image, boxes, labels, n, None, True))
     return records
+
+
+YOLO = FormatSpec(
+    name="yolo",
+    tasks=("detection",),
+    split_fields=("images", "list"),
+    short_field="images",
+    split_folders=("images",),
+    required=(("images", "a folder"), ("list", "a file")),
+    index=index_yolo,
+    find_classes=yolo_class_names,
+)

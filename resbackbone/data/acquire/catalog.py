@@ -1,9 +1,12 @@
 """The table of datasets ``resbackbone data download`` knows: sources, licences, sizes, layouts.
 
-Addresses are the publishers' own. Sizes are approximate. No sha256 is
-recorded yet: a hash goes in only once it has been computed from the
-published file (see :mod:`resbackbone.data.download` for how unverified
-archives are handled). Entries with ``manual`` set cannot be fetched
+Addresses are the publishers' own. Sizes are approximate. A checksum goes in
+only once it has been computed from the published files: VOC 2012 has the md5
+its ecosystem records; BCCD, an archive of a pinned commit whose bytes GitHub
+makes on demand, has a manifest of its files' sha256
+(:mod:`resbackbone.data.acquire.contents`). The others have none yet (see
+:mod:`resbackbone.data.acquire.download` for how unverified archives are
+handled: ``--sha256`` or ``--trust``). Entries with ``manual`` set cannot be fetched
 automatically (registration, terms to accept, or size); their message says
 where to get them and which layout the loaders then expect.
 """
@@ -15,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .layouts import (
+from .converters import (
     bccd_layout,
     coco2017_layout,
     dsb2018_layout,
@@ -24,7 +27,7 @@ from .layouts import (
     voc2012_layout,
 )
 
-__all__ = ["DATASETS", "Archive", "DatasetEntry"]
+__all__ = ["BCCD_COMMIT", "DATASETS", "Archive", "DatasetEntry"]
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,12 @@ class Archive:
         kind: ``zip`` or ``tar`` (any compression); checked against the content.
         sha256: Expected sha256, when it has been computed from the published file.
         md5: A checksum published by the dataset's ecosystem (provenance in ``checksum_source``).
-        checksum_source: Where ``md5`` (or ``sha256``) comes from.
+        checksum_source: Where ``md5``, ``sha256`` or ``contents`` comes from.
         mirrors: Further addresses of the same file, tried in order when ``url`` fails.
+        contents: Name of a manifest in ``resbackbone/data/acquire/manifests/``
+            giving the sha256 of the files the archive must hold (for archives
+            whose bytes are not stable but whose files are); checked inside
+            the archive before extraction.
     """
 
     url: str
@@ -48,6 +55,7 @@ class Archive:
     md5: str | None = None
     checksum_source: str = ""
     mirrors: tuple[str, ...] = ()
+    contents: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,7 @@ class DatasetEntry:
         homepage: The publisher's page (terms, citation, manual download).
         archives: The files to download; empty for datasets fetched by hand.
         layout: ``layout(src, out)`` turns the extracted archives in ``src``
-            into our layout in ``out`` (see :mod:`resbackbone.data.layouts`).
+            into our layout in ``out`` (see :mod:`resbackbone.data.acquire.converters`).
         data: ``data:`` sections (without ``root``) that read the result, one per format.
         layout_text: The folder layout produced (or expected, for manual datasets).
         manual: Why and how to download by hand; ``None`` when downloadable.
@@ -104,6 +112,8 @@ def _coco_split(split: str, images: str) -> dict[str, str]:
     return {"annotations": f"annotations/instances_{split}.json", "images": images}
 
 
+#: The BCCD_Dataset commit the catalog's BCCD archive and its manifest (``manifests/bccd.sha256``) describe.
+BCCD_COMMIT = "d272fb14cdff6e473fafeeeba32aba5f560e9e43"
 _MASK_FOLDER = "images/<id>.<ext>, masks/<id>.png (0 background, 255 foreground), train.txt/val.txt/test.txt"
 _CITYSCAPES_CLASSES = [
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -120,17 +130,20 @@ _ENTRIES = (
         homepage="https://github.com/Shenggan/BCCD_Dataset",
         archives=(
             Archive(
-                url="https://github.com/Shenggan/BCCD_Dataset/archive/refs/heads/master.zip",
-                filename="BCCD_Dataset-master.zip",
+                url=f"https://github.com/Shenggan/BCCD_Dataset/archive/{BCCD_COMMIT}.zip",
+                filename=f"BCCD_Dataset-{BCCD_COMMIT[:8]}.zip",
                 kind="zip",
+                contents="bccd.sha256",
+                checksum_source=f"the files of commit {BCCD_COMMIT[:8]}, hashed from a checkout of that commit",
             ),
         ),
         layout=bccd_layout,
         data=({"format": "voc", **_splits()},),
         layout_text="Pascal VOC: JPEGImages/, Annotations/ (RBC, WBC, Platelets), "
         "ImageSets/Main/{train,val,trainval,test}.txt",
-        notes="364 images at 640x480. The archive is of the repository's master branch, so pin its sha256 after "
-        "a first download rather than assume it never changes. A few boxes touch or cross the image border.",
+        notes=f"364 images at 640x480. The archive is of commit {BCCD_COMMIT[:8]}; GitHub makes such archives on "
+        "demand, so their bytes may change, but the files in them do not: each file the loader reads is checked "
+        "against its recorded sha256. A few boxes touch or cross the image border.",
         citation="Shenggan, BCCD Dataset, https://github.com/Shenggan/BCCD_Dataset",
     ),
     DatasetEntry(

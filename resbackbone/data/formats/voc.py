@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import SPLITS, DataConfig, SplitSpec
-from .images import IMAGE_EXTENSIONS
-from .layout import DetectionRecord, join_inside, read_id_list, resolve_split, sanitize_boxes
-from .problems import Reporter
+from ..images import IMAGE_EXTENSIONS
+from ..problems import Reporter
+from .base import SPLITS, FormatSpec, ReaderConfig, SplitSpec
+from .records import DetectionRecord, join_inside, read_id_list, sanitize_boxes
 
-__all__ = ["index_voc", "voc_class_names"]
+__all__ = ["VOC", "index_voc", "voc_class_names"]
 
 _COORDS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -60,14 +60,17 @@ def _size(root_el: ET.Element) -> tuple[int, int] | None:
     return (h, w) if h > 0 and w > 0 else None
 
 
-def voc_class_names(cfg: DataConfig, root: Path) -> list[str]:
-    """``data.classes``, or every object name in the XML files of all splits, sorted."""
+def voc_class_names(cfg: ReaderConfig, root: Path, *, strict: bool = True) -> list[str]:
+    """``data.classes``, or every object name in the XML files of all splits, sorted.
+
+    Unreadable files are skipped here (``strict`` changes nothing); indexing each split reports them.
+    """
     if cfg.classes is not None:
         return list(cfg.classes)
     names: set[str] = set()
     reporter = Reporter("all")
     for split in SPLITS:
-        spec = resolve_split(cfg, split, root)
+        spec = cfg.split_spec(split) or VOC.find_split(root, split)
         if spec is None or spec.list_ is None:
             continue
         for image_id in read_id_list(root / spec.list_, reporter):
@@ -78,7 +81,7 @@ def voc_class_names(cfg: DataConfig, root: Path) -> list[str]:
 
 
 def _find_image(
-    root: Path, image_id: str, filename: str, cfg: DataConfig, xml: Path, list_file: Path, reporter: Reporter
+    root: Path, image_id: str, filename: str, cfg: ReaderConfig, xml: Path, list_file: Path, reporter: Reporter
 ) -> Path | None:
     """``JPEGImages/<filename>`` or ``JPEGImages/<id>.<ext>``; records an error and returns None if absent."""
     folder = root / "JPEGImages"
@@ -98,7 +101,9 @@ def _find_image(
     return None
 
 
-def index_voc(cfg: DataConfig, spec: SplitSpec, root: Path, reporter: Reporter) -> list[DetectionRecord]:
+def index_voc(
+    cfg: ReaderConfig, spec: SplitSpec, root: Path, reporter: Reporter, *, task: str = "detection"
+) -> list[DetectionRecord]:
     """Index a VOC split: one record per listed id, boxes in pixels, labels 1..K.
 
     Unknown object names, missing files, malformed XML and bad boxes are
@@ -138,3 +143,15 @@ def index_voc(cfg: DataConfig, spec: SplitSpec, root: Path, reporter: Reporter) 
         kept, lab = sanitize_boxes(np.array(boxes).reshape(-1, 4), np.array(labels), size, xml, reporter)
         records.append(DetectionRecord(image, kept, lab, n, size))
     return records
+
+
+VOC = FormatSpec(
+    name="voc",
+    tasks=("detection",),
+    split_fields=("list",),
+    short_field="list",
+    list_folder="ImageSets/Main",
+    required=(("list", "the split file of image ids"),),
+    index=index_voc,
+    find_classes=voc_class_names,
+)
