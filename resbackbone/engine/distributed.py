@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "setup", "teardown"]
+__all__ = ["DistContext", "pick_device", "setup", "teardown"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,16 @@ class DistContext:
         return self.world_size > 1
 
 
-def _pick_device(requested: str, local_rank: int) -> torch.device:
+def pick_device(requested: str, local_rank: int = 0) -> torch.device:
+    """The device ``requested`` names, ``"auto"`` meaning this process's GPU when there is one, else the CPU.
+
+    Args:
+        requested: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, … (what ``run.device`` takes).
+        local_rank: This process's index on its machine; picks the GPU for ``"auto"`` and a bare ``"cuda"``.
+
+    Raises:
+        ValueError: A CUDA device is asked for where CUDA is not available.
+    """
     if requested == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(requested)
@@ -51,7 +60,7 @@ def setup(requested_device: str = "auto") -> DistContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _pick_device(requested_device, local_rank)
+    device = pick_device(requested_device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

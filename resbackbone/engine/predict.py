@@ -63,10 +63,10 @@ def evaluate_checkpoint(
     from torch.utils.data import DataLoader
 
     from ..data import build_dataset, detection_collate
-    from .distributed import _pick_device
+    from .distributed import pick_device
     from .evaluate import evaluate_model
 
-    dev = _pick_device(device, 0)
+    dev = pick_device(device)
     model, trained, classes = load_model(checkpoint, device=dev)
     if trained.task != recipe.task:
         raise ValueError(f"Checkpoint {checkpoint} is a {trained.task} model; recipe {recipe.name} is {recipe.task}.")
@@ -140,10 +140,10 @@ def predict(
     from tqdm.auto import tqdm
 
     from ..data import build_transforms, image_to_tensor, read_image
-    from .distributed import _pick_device
+    from .distributed import pick_device
     from .report import draw_prediction
 
-    dev = _pick_device(device, 0)
+    dev = pick_device(device)
     model, recipe, classes = load_model(checkpoint, device=dev)
     backbone = find_backbone(model)
     mean, std = input_normalization(backbone, recipe.task)
