@@ -31,6 +31,7 @@ from .builders import build_model, build_optimizer, build_scheduler, find_backbo
 from .checkpoint import load_checkpoint, remove_partial_writes, rng_state, save_checkpoint, set_rng_state
 from .evaluate import autocast, evaluate_model, to_device
 from .losses import SegmentationLoss
+from .report import RunArtifacts, epoch_line, finish_run, write_metrics
 
 __all__ = ["Trainer", "TrainingError", "seed_everything"]
 
@@ -231,13 +232,6 @@ class Trainer:
 
             tqdm.write(message)
 
-    def _write_metrics(self, row: dict[str, Any]) -> None:
-        if not self.ctx.is_main:
-            return
-        from .report import write_metrics
-
-        write_metrics(self.output, self.history, row)
-
     # ------------------------------------------------------------------ training
 
     def _loss(self, model: nn.Module, images: Any, targets: Any) -> dict[str, Tensor]:
@@ -409,8 +403,8 @@ class Trainer:
         if self.ctx.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
             save_checkpoint(self._state(), self.output / "last.pt")
-        self._write_metrics(row)
-        self._log(_epoch_line(row, self.recipe.metric, ev.split))
+            write_metrics(self.output, self.history, row)
+        self._log(epoch_line(row, self.recipe.metric, ev.split))
         return row
 
     def fit(self) -> dict[str, Any]:
@@ -435,8 +429,6 @@ class Trainer:
         return self._finish(time.perf_counter() - start, stopped_early)
 
     def _finish(self, seconds: float, stopped_early: bool) -> dict[str, Any]:
-        from .report import finish_run
-
         test_metrics: dict[str, float] = {}
         if self.test_set is not None:
             best = self.output / "best.pt"
@@ -466,12 +458,22 @@ class Trainer:
         if not summary["ranks_in_sync"]:
             raise TrainingError(f"The {self.ctx.world_size} processes ended with different weights; please report it.")
         if self.ctx.is_main:
-            model = self.ema.module if self.ema is not None else self.model
-            finish_run(self, summary, model)
+            finish_run(self._artifacts(), summary, self.ema.module if self.ema is not None else self.model)
         return summary
 
-
-def _epoch_line(row: dict[str, Any], metric: str, split: str) -> str:
-    value = row.get(f"{split}/{metric}")
-    shown = f", {split} {metric} {value:.4f}" if isinstance(value, float) else ""
-    return f"epoch {row['epoch']}: loss {row.get('train/loss', float('nan')):.4f}{shown} ({row['time']:.0f}s)"
+    def _artifacts(self) -> RunArtifacts:
+        """What the end-of-run report draws from (see :func:`~resbackbone.engine.report.finish_run`)."""
+        return RunArtifacts(
+            output=self.output,
+            task=self.task,
+            classes=self.classes,
+            mean=self.mean,
+            std=self.std,
+            metric=self.recipe.metric,
+            split=self.recipe.eval.split,
+            history=self.history,
+            overlay_set=self.eval_set or self.test_set,
+            overlays=self.recipe.run.overlays,
+            device=self.device,
+            log=self._log,
+        )
