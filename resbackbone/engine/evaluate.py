@@ -10,11 +10,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..data import build_dataset, detection_collate
+from ..data import build_dataset
 from ..recipes import Recipe
 from .builders import find_backbone, input_normalization
 from .checkpoint import load_model
-from .distributed import pick_device
+from .distributed import DistContext, pick_device
+from .loaders import make_loader
 from .metrics import DetectionMetric, SegmentationMetric
 
 __all__ = ["autocast", "evaluate_checkpoint", "evaluate_model", "to_device"]
@@ -112,11 +113,9 @@ def evaluate_checkpoint(
         std=std,
         in_chans=backbone.in_chans,
     )
-    loader = DataLoader(
-        dataset,
-        batch_size=recipe.eval.batch_size or recipe.optim.batch_size,
-        collate_fn=detection_collate if recipe.task == "detection" else None,
-        num_workers=recipe.run.workers,
+    batch_size = recipe.eval.batch_size or recipe.optim.batch_size
+    loader = make_loader(
+        dataset, batch_size, train=False, task=recipe.task, run=recipe.run, ctx=DistContext(device=dev)
     )
     return evaluate_model(
         model,

@@ -13,49 +13,30 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..data import build_dataset, class_names, detection_collate, has_split
+from ..data import class_names
 from ..recipes import Recipe
 from . import distributed
 from .builders import build_model, build_optimizer, build_scheduler, find_backbone, input_normalization
 from .checkpoint import load_checkpoint, remove_partial_writes, rng_state, save_checkpoint, set_rng_state
 from .evaluate import autocast, evaluate_model, to_device
+from .loaders import build_splits, make_loader, seed_everything
 from .losses import SegmentationLoss
 from .report import RunArtifacts, epoch_line, finish_run, write_metrics
 
-__all__ = ["Trainer", "TrainingError", "seed_everything"]
+__all__ = ["Trainer", "TrainingError"]
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a NaN loss); the message names the step and the last good checkpoint."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-    # OpenCV (under albumentations) would start a thread pool per worker, competing with the
-    # training step's threads for the cores: the albumentations docs advise one thread in workers
-    import cv2
-
-    cv2.setNumThreads(0)
-    cv2.ocl.setUseOpenCL(False)
 
 
 class Trainer:
@@ -84,8 +65,7 @@ class Trainer:
         self.task = recipe.task
         seed_everything(recipe.run.seed)
 
-        data = recipe.data
-        self.classes = class_names(data, self.task)
+        self.classes = class_names(recipe.data, self.task)
         num_classes = len(self.classes) + 1 if self.task == "detection" else len(self.classes)
         model = build_model(recipe, num_classes).to(self.device)
         if recipe.run.channels_last:
@@ -93,13 +73,7 @@ class Trainer:
         self.model = model
         self.backbone = find_backbone(model)
         self.mean, self.std = input_normalization(self.backbone, self.task)
-        common = {"task": self.task, "mean": self.mean, "std": self.std, "in_chans": recipe.model.in_chans}
-        self.train_set = build_dataset(data, "train", train=True, **common)
-        if len(self.train_set) == 0:
-            raise ValueError(f"The train split of {recipe.name} is empty; check data.train.")
-        split = recipe.eval.split
-        self.eval_set = build_dataset(data, split, train=False, **common) if has_split(data, split) else None
-        self.test_set = build_dataset(data, "test", train=False, **common) if has_split(data, "test") else None
+        self.train_set, self.eval_set, self.test_set = build_splits(recipe, self.mean, self.std)
 
         optim = recipe.optim
         self.train_loader = self._loader(self.train_set, optim.batch_size, train=True)
@@ -116,7 +90,9 @@ class Trainer:
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(model, decay=optim.ema)
-        self.seg_loss = SegmentationLoss(recipe.model.loss, data.ignore_index) if self.task == "segmentation" else None
+        self.seg_loss = (
+            SegmentationLoss(recipe.model.loss, recipe.data.ignore_index) if self.task == "segmentation" else None
+        )
 
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser updates done
@@ -133,27 +109,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup helpers
 
     def _loader(self, dataset: Dataset, batch_size: int, *, train: bool) -> DataLoader:
-        run = self.recipe.run
-        sampler = None
-        if train and self.ctx.distributed:
-            sampler = DistributedSampler(
-                dataset, num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=True, seed=run.seed
-            )
-        elif not train and self.ctx.distributed:  # exact shards, no padding: metrics equal one process's
-            dataset = Subset(dataset, range(self.ctx.rank, len(dataset), self.ctx.world_size))
-        generator = torch.Generator().manual_seed(run.seed)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            num_workers=run.workers,
-            collate_fn=detection_collate if self.task == "detection" else None,
-            drop_last=train and len(dataset) > batch_size,
-            generator=generator,
-            worker_init_fn=_seed_worker,
-            pin_memory=self.device.type == "cuda",
-        )
+        return make_loader(dataset, batch_size, train=train, task=self.task, run=self.recipe.run, ctx=self.ctx)
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         return self._loader(dataset, self.recipe.eval.batch_size or self.recipe.optim.batch_size, train=False)
