@@ -30,6 +30,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "remove_partial_writes",
+    "resume_state",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
@@ -111,6 +112,22 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"Cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
     if not isinstance(state, dict) or "model" not in state or "recipe" not in state:
         raise ValueError(f"{path} is not a resbackbone training checkpoint (no 'model' and 'recipe' entries).")
+    return state
+
+
+def resume_state(path: str | os.PathLike[str], classes: list[str]) -> dict[str, Any]:
+    """The state in ``path`` (a run's ``last.pt``) that a run on ``classes`` resumes from.
+
+    Raises:
+        ValueError: ``path`` does not exist, is not a checkpoint, or was trained on other classes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--resume: {path} does not exist; start without --resume, or pass the run's folder.")
+    state = load_checkpoint(path)
+    if state["classes"] != classes:
+        raise ValueError(f"--resume: {path} was trained on classes {state['classes']}, this recipe has {classes}.")
+    state.setdefault("overflow_steps", 0)  # checkpoints written before it was counted have none
     return state
 
 
