@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"resbackbone {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        from .engine.trainer import TrainingError
+        from .engine import TrainingError
 
         if not isinstance(exc, TrainingError):
             raise

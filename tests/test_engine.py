@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import ast
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from resbackbone.engine import Trainer, TrainingError, predict
 from resbackbone.engine.checkpoint import load_checkpoint
+from resbackbone.engine.report import RunArtifacts, finish_run
 from resbackbone.recipes import load_recipe
 
 from .conftest import REPO_ROOT
@@ -130,23 +134,125 @@ def test_freeze_then_unfreeze_and_discriminative_lr(tmp_path: Path, session_cach
 
 
 def test_bf16_amp_ema_accumulation_and_clipping(tmp_path: Path, session_cache: Path) -> None:
+    """Three updates of two batches each under bf16 autocast: every update's gradient is clipped to
+    ``optim.clip_grad``, and the EMA in ``last.pt`` is the exponential average of the weights after each
+    update (timm's ModelEmaV3 copies the weights at update 1, then decays by ``optim.ema``)."""
+    clip, decay, steps = 1e-3, 0.9, 3
     trainer = Trainer(
         _shapes_recipe(
             tmp_path,
             "optim.amp=bf16",
-            "optim.ema=0.9",
+            f"optim.ema={decay}",
             "optim.accumulate=2",
-            "optim.clip_grad=1.0",
+            f"optim.clip_grad={clip}",
             "optim.epochs=1",
-            "run.max_steps_per_epoch=1",
+            f"run.max_steps_per_epoch={steps}",
         ),
         progress=False,
     )
+    autocast_dtypes: list[torch.dtype | None] = []
+    norms: list[float] = []
+    weights: list[dict[str, torch.Tensor]] = []
+
+    def count_forward(module: torch.nn.Module, args: object) -> None:
+        if module.training:
+            autocast_dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+
+    def gradient_norm(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        grads = [p.grad.double() for p in trainer.model.parameters() if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    def snapshot(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        weights.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+
+    trainer.model.register_forward_pre_hook(count_forward)
+    trainer.optimizer.register_step_pre_hook(gradient_norm)
+    trainer.optimizer.register_step_post_hook(snapshot)
     summary = trainer.fit()
-    assert trainer.step == 1  # two batches, one update
+
+    assert trainer.step == steps and autocast_dtypes == [torch.bfloat16] * (2 * steps)  # two batches an update
+    assert norms == pytest.approx([clip] * steps, rel=1e-3), "gradients not clipped to optim.clip_grad"
+    expected = {k: v.double() if v.is_floating_point() else v for k, v in weights[0].items()}
+    for later in weights[1:]:  # floats averaged, counters (num_batches_tracked) copied
+        expected = {
+            k: decay * e + (1 - decay) * later[k] if e.is_floating_point() else later[k] for k, e in expected.items()
+        }
+    ema = load_checkpoint(tmp_path / "run" / "last.pt")["ema"]
+    assert ema.keys() == expected.keys()
+    for key, value in ema.items():
+        value = value.double() if value.is_floating_point() else value
+        torch.testing.assert_close(value, expected[key], rtol=1e-5, atol=1e-6, msg=f"EMA of {key}")
+    moved = [k for k, v in expected.items() if v.is_floating_point() and not torch.allclose(v, weights[-1][k].double())]
+    assert moved, "the EMA equals the last weights: the test would not see a missing decay"
     assert math.isfinite(summary["best"]["metrics"]["miou"])
-    state = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert state["ema"] is not None
+
+
+def test_finish_run_from_artifacts_built_by_hand(tmp_path: Path) -> None:
+    """The end-of-run report needs no Trainer: a RunArtifacts, a summary and a model."""
+    images = torch.rand(2, 3, 16, 16)
+    history = [
+        {"epoch": 1, "train/loss": 1.0, "val/miou": 0.2, "time": 1.0},
+        {"epoch": 2, "train/loss": 0.5, "val/miou": 0.4, "time": 1.0},
+    ]
+    lines: list[str] = []
+    run = RunArtifacts(
+        output=tmp_path,
+        task="segmentation",
+        classes=["background", "object"],
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        metric="miou",
+        split="val",
+        history=history,
+        overlay_set=TensorDataset(images, torch.zeros(2, 16, 16, dtype=torch.long)),
+        overlays=1,
+        log=lines.append,
+    )
+    summary = {
+        "recipe": "by-hand",
+        "epochs": 2,
+        "steps": 4,
+        "seconds": 90.0,
+        "stopped_early": False,
+        "skipped_batches": 0,
+        "overflow_steps": 0,
+        "metric": "miou",
+        "best": {"epoch": 2, "metrics": {"miou": 0.4}},
+        "test": {"miou": 0.35},
+        "device": "cpu",
+        "world_size": 1,
+        "ranks_in_sync": True,
+    }
+    finish_run(run, summary, torch.nn.Conv2d(3, 2, 1))
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["files"]["curves"] == str(tmp_path / "curves.png") and (tmp_path / "curves.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == ["val_000.png"]
+    assert written["best"] == summary["best"] and written["test"] == {"miou": 0.35}
+    (table,) = lines
+    assert re.search(r"best val miou\s+0\.4000 \(epoch 2\)", table) and f"outputs in {tmp_path}/" in table
+
+
+def test_engine_modules_import_no_private_names_and_form_no_cycle() -> None:
+    """Each engine module uses the others' public names only, and none imports another back (inside
+    functions included): the report reads a RunArtifacts, not the trainer."""
+    folder = REPO_ROOT / "resbackbone" / "engine"
+    imports: dict[str, set[str]] = {}
+    for path in sorted(folder.glob("*.py")):
+        imports[path.stem] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [alias.name for alias in node.names]
+                imports[path.stem].update([node.module.split(".")[0]] if node.module else names)
+                assert not [n for n in names if n.startswith("_")], f"{path.name} imports {names} from .{node.module}"
+
+    def reaches(start: str, seen: frozenset[str]) -> set[str]:
+        found = set()
+        for module in imports.get(start, set()) - seen:
+            found |= {module} | reaches(module, seen | {module})
+        return found
+
+    assert "trainer" not in reaches("report", frozenset())
+    assert not [m for m in imports if m in reaches(m, frozenset())], imports
 
 
 def test_detection_run_and_predict(tmp_path: Path, session_cache: Path) -> None:

@@ -1,8 +1,8 @@
 """Training, evaluation and prediction for detection and segmentation recipes."""
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .evaluate import evaluate_model
-from .predict import evaluate_checkpoint, load_model, predict
+from .checkpoint import load_checkpoint, load_model, save_checkpoint
+from .evaluate import evaluate_checkpoint, evaluate_model
+from .predict import predict
 from .trainer import Trainer, TrainingError
 
 __all__ = [

@@ -3,9 +3,10 @@
 A checkpoint holds the model (and its EMA), optimiser, scheduler, gradient
 scaler, the epoch and step it completed, the best metric so far, the metric
 history, the random-number states and the recipe — everything ``--resume``
-needs to continue exactly where the run stopped. It is written to a temporary
-file beside the target, flushed to disk and renamed into place, so a crash
-mid-write leaves the previous checkpoint intact.
+needs to continue exactly where the run stopped, and what :func:`load_model`
+rebuilds the trained model from. It is written to a temporary file beside the
+target, flushed to disk and renamed into place, so a crash mid-write leaves the
+previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -19,11 +20,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from ..recipes import Recipe
+from .builders import build_model
 
 __all__ = [
     "atomic_write_bytes",
     "load_checkpoint",
+    "load_model",
     "remove_partial_writes",
+    "resume_state",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
@@ -106,6 +113,52 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "recipe" not in state:
         raise ValueError(f"{path} is not a resbackbone training checkpoint (no 'model' and 'recipe' entries).")
     return state
+
+
+def resume_state(path: str | os.PathLike[str], classes: list[str]) -> dict[str, Any]:
+    """The state in ``path`` (a run's ``last.pt``) that a run on ``classes`` resumes from.
+
+    Raises:
+        ValueError: ``path`` does not exist, is not a checkpoint, or was trained on other classes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--resume: {path} does not exist; start without --resume, or pass the run's folder.")
+    state = load_checkpoint(path)
+    if state["classes"] != classes:
+        raise ValueError(f"--resume: {path} was trained on classes {state['classes']}, this recipe has {classes}.")
+    state.setdefault("overflow_steps", 0)  # checkpoints written before it was counted have none
+    return state
+
+
+def load_model(
+    checkpoint: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Recipe, list[str]]:
+    """Rebuild the model a training checkpoint holds (its EMA weights when it has them).
+
+    Nothing is downloaded: the weights come from the checkpoint alone.
+
+    Returns:
+        ``(model in eval mode, recipe, class names)``.
+    """
+    state = load_checkpoint(checkpoint)
+    recipe = Recipe.model_validate(state["recipe"])
+    offline = recipe.model.model_copy(update={"weights": None, "backbone_weights": None})
+    recipe_offline = recipe.model_copy(update={"model": offline})
+    classes = list(state["classes"])
+    num_classes = len(classes) + 1 if recipe.task == "detection" else len(classes)
+    if recipe.model.norm == "frozen_bn":  # frozen statistics come from the checkpoint, not from pretrained weights
+        recipe_offline = recipe_offline.model_copy(update={"model": offline.model_copy(update={"norm": "bn"})})
+    model = build_model(recipe_offline, num_classes)
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    real_missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if real_missing or unexpected:
+        raise ValueError(
+            f"Checkpoint {checkpoint} does not fit the model its recipe builds: missing {real_missing[:4]}, "
+            f"unexpected {list(unexpected)[:4]}."
+        )
+    return model.to(device).eval(), recipe, classes
 
 
 def rng_state() -> dict[str, Any]:

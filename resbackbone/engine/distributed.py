@@ -12,8 +12,19 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+from torch import Tensor, nn
 
-__all__ = ["DistContext", "setup", "teardown"]
+__all__ = [
+    "DistContext",
+    "TrainModel",
+    "all_finite",
+    "broadcast_buffers",
+    "broadcast_state",
+    "pick_device",
+    "ranks_in_sync",
+    "setup",
+    "teardown",
+]
 
 
 @dataclass(frozen=True)
@@ -34,7 +45,16 @@ class DistContext:
         return self.world_size > 1
 
 
-def _pick_device(requested: str, local_rank: int) -> torch.device:
+def pick_device(requested: str, local_rank: int = 0) -> torch.device:
+    """The device ``requested`` names, ``"auto"`` meaning this process's GPU when there is one, else the CPU.
+
+    Args:
+        requested: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, … (what ``run.device`` takes).
+        local_rank: This process's index on its machine; picks the GPU for ``"auto"`` and a bare ``"cuda"``.
+
+    Raises:
+        ValueError: A CUDA device is asked for where CUDA is not available.
+    """
     if requested == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(requested)
@@ -51,7 +71,7 @@ def setup(requested_device: str = "auto") -> DistContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _pick_device(requested_device, local_rank)
+    device = pick_device(requested_device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -70,3 +90,66 @@ def teardown(*, wait: bool = False) -> None:
         if wait:
             dist.barrier()
         dist.destroy_process_group()
+
+
+class TrainModel:
+    """The model to run training steps through: DDP-wrapped when distributed, else the model itself.
+
+    DDP registers its gradient hooks for the parameters that require a gradient
+    when it is built, so the wrapper is rebuilt when that set changes (a backbone
+    unfrozen after ``freeze_backbone_epochs``).
+    """
+
+    def __init__(self, model: nn.Module, ctx: DistContext):
+        self.model = model
+        self.ctx = ctx
+        self.wrapped: nn.Module | None = None
+        self.trainable: tuple[bool, ...] | None = None
+
+    def get(self) -> nn.Module:
+        """The module to call this epoch."""
+        if not self.ctx.distributed:
+            return self.model
+        trainable = tuple(p.requires_grad for p in self.model.parameters())
+        if self.wrapped is None or trainable != self.trainable:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=False)
+            self.trainable = trainable
+        return self.wrapped
+
+
+def all_finite(loss: Tensor, ctx: DistContext) -> bool:
+    """Whether ``loss`` is finite in every process (each must take the same branch, or DDP hangs)."""
+    flag = torch.isfinite(loss.detach()).to(torch.int32)
+    if ctx.distributed:
+        flag = flag.to(ctx.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def broadcast_buffers(model: nn.Module, ctx: DistContext) -> None:
+    """Give every process rank 0's buffers (batch-norm statistics drift per rank in the last step)."""
+    if ctx.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
+def broadcast_state(model: nn.Module, ctx: DistContext) -> None:
+    """Give every process rank 0's parameters and buffers (e.g. weights only rank 0 could read from its disk)."""
+    if ctx.distributed:
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
+def ranks_in_sync(model: nn.Module, ctx: DistContext) -> bool:
+    """Whether every process holds the same parameters (always true in one process)."""
+    if not ctx.distributed:
+        return True
+    flat = torch.cat([p.detach().double().flatten() for p in model.parameters()])
+    weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device) / flat.numel()
+    digest = torch.stack([flat.sum(), flat.square().sum(), (flat * weights).sum()])
+    gathered = [torch.empty_like(digest) for _ in range(ctx.world_size)]
+    dist.all_gather(gathered, digest)
+    return all(torch.equal(g, gathered[0]) for g in gathered)

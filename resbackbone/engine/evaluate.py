@@ -1,17 +1,24 @@
-"""Evaluation of a model over a data loader, and the device and precision helpers it shares with training."""
+"""Evaluation of a model over a data loader or of a checkpoint on a split, and the helpers shared with training."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ..data import build_dataset
+from ..recipes import Recipe
+from .builders import find_backbone, input_normalization
+from .checkpoint import load_model
+from .distributed import DistContext, pick_device
+from .loaders import make_loader
 from .metrics import DetectionMetric, SegmentationMetric
 
-__all__ = ["autocast", "evaluate_model", "to_device"]
+__all__ = ["autocast", "evaluate_checkpoint", "evaluate_model", "to_device"]
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
@@ -66,3 +73,56 @@ def evaluate_model(
             logits = output["out"] if isinstance(output, dict) else output
             metric.update(logits.float(), targets)
     return metric.compute()
+
+
+def evaluate_checkpoint(
+    recipe: Recipe,
+    checkpoint: str | os.PathLike[str],
+    *,
+    split: str = "val",
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, float]:
+    """Metrics of a checkpoint on a split of ``recipe``'s dataset.
+
+    Args:
+        recipe: Names the dataset, and how to load and batch it.
+        checkpoint: A ``last.pt`` or ``best.pt`` (its EMA weights when it has them).
+        split: The split to evaluate on.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, …
+        progress: Show a tqdm bar.
+
+    Returns:
+        The metrics by name (``miou``, ``dice``, … or ``map``, ``map50``, …).
+
+    Raises:
+        ValueError: The checkpoint's task differs from the recipe's, or it does not fit its model.
+    """
+    dev = pick_device(device)
+    model, trained, classes = load_model(checkpoint, device=dev)
+    if trained.task != recipe.task:
+        raise ValueError(f"Checkpoint {checkpoint} is a {trained.task} model; recipe {recipe.name} is {recipe.task}.")
+    backbone = find_backbone(model)
+    mean, std = input_normalization(backbone, recipe.task)
+    dataset = build_dataset(
+        recipe.data,
+        split,
+        task=recipe.task,
+        train=False,
+        mean=mean,
+        std=std,
+        in_chans=backbone.in_chans,
+    )
+    batch_size = recipe.eval.batch_size or recipe.optim.batch_size
+    loader = make_loader(
+        dataset, batch_size, train=False, task=recipe.task, run=recipe.run, ctx=DistContext(device=dev)
+    )
+    return evaluate_model(
+        model,
+        loader,
+        task=recipe.task,
+        classes=classes,
+        device=dev,
+        ignore_index=recipe.data.ignore_index,
+        progress=progress,
+    )

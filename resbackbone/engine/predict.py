@@ -1,4 +1,4 @@
-"""Models back from checkpoints: evaluation on a split and prediction on image files."""
+"""Prediction with a trained checkpoint on image files: boxes or masks, and overlays."""
 
 from __future__ import annotations
 
@@ -10,91 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..data.images import IMAGE_EXTENSIONS
-from ..recipes import Recipe
-from .builders import build_model, find_backbone, input_normalization
-from .checkpoint import atomic_write_bytes, load_checkpoint
+from .builders import find_backbone, input_normalization
+from .checkpoint import atomic_write_bytes, load_model
+from .distributed import pick_device
 
-__all__ = ["evaluate_checkpoint", "load_model", "predict"]
-
-
-def load_model(
-    checkpoint: str | os.PathLike[str], *, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, Recipe, list[str]]:
-    """Rebuild the model a training checkpoint holds (its EMA weights when it has them).
-
-    Nothing is downloaded: the weights come from the checkpoint alone.
-
-    Returns:
-        ``(model in eval mode, recipe, class names)``.
-    """
-    state = load_checkpoint(checkpoint)
-    recipe = Recipe.model_validate(state["recipe"])
-    offline = recipe.model.model_copy(update={"weights": None, "backbone_weights": None})
-    recipe_offline = recipe.model_copy(update={"model": offline})
-    classes = list(state["classes"])
-    num_classes = len(classes) + 1 if recipe.task == "detection" else len(classes)
-    if recipe.model.norm == "frozen_bn":  # frozen statistics come from the checkpoint, not from pretrained weights
-        recipe_offline = recipe_offline.model_copy(update={"model": offline.model_copy(update={"norm": "bn"})})
-    model = build_model(recipe_offline, num_classes)
-    weights = state["ema"] if state.get("ema") is not None else state["model"]
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    real_missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if real_missing or unexpected:
-        raise ValueError(
-            f"Checkpoint {checkpoint} does not fit the model its recipe builds: missing {real_missing[:4]}, "
-            f"unexpected {list(unexpected)[:4]}."
-        )
-    return model.to(device).eval(), recipe, classes
-
-
-def evaluate_checkpoint(
-    recipe: Recipe,
-    checkpoint: str | os.PathLike[str],
-    *,
-    split: str = "val",
-    device: str = "auto",
-    progress: bool = True,
-) -> dict[str, float]:
-    """Metrics of a checkpoint on a split of ``recipe``'s dataset."""
-    from torch.utils.data import DataLoader
-
-    from ..data import build_dataset, detection_collate
-    from .distributed import _pick_device
-    from .evaluate import evaluate_model
-
-    dev = _pick_device(device, 0)
-    model, trained, classes = load_model(checkpoint, device=dev)
-    if trained.task != recipe.task:
-        raise ValueError(f"Checkpoint {checkpoint} is a {trained.task} model; recipe {recipe.name} is {recipe.task}.")
-    backbone = find_backbone(model)
-    mean, std = input_normalization(backbone, recipe.task)
-    dataset = build_dataset(
-        recipe.data,
-        split,
-        task=recipe.task,
-        train=False,
-        mean=mean,
-        std=std,
-        in_chans=backbone.in_chans,
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=recipe.eval.batch_size or recipe.optim.batch_size,
-        collate_fn=detection_collate if recipe.task == "detection" else None,
-        num_workers=recipe.run.workers,
-    )
-    return evaluate_model(
-        model,
-        loader,
-        task=recipe.task,
-        classes=classes,
-        device=dev,
-        ignore_index=recipe.data.ignore_index,
-        progress=progress,
-    )
+__all__ = ["predict"]
 
 
 def _collect(images: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -140,10 +62,9 @@ def predict(
     from tqdm.auto import tqdm
 
     from ..data import build_transforms, image_to_tensor, read_image
-    from .distributed import _pick_device
     from .report import draw_prediction
 
-    dev = _pick_device(device, 0)
+    dev = pick_device(device)
     model, recipe, classes = load_model(checkpoint, device=dev)
     backbone = find_backbone(model)
     mean, std = input_normalization(backbone, recipe.task)

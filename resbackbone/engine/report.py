@@ -6,20 +6,53 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from .checkpoint import atomic_write_bytes
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
-
-__all__ = ["draw_prediction", "finish_run", "write_metrics"]
+__all__ = ["RunArtifacts", "draw_prediction", "epoch_line", "finish_run", "write_metrics"]
 
 _COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe"]
+
+
+@dataclass(frozen=True)
+class RunArtifacts:
+    """What the end-of-run report draws from: the run's folder and history, and how to show predictions.
+
+    Attributes:
+        output: The run folder (``last.pt``, ``best.pt``, ``metrics.jsonl`` are in it).
+        task: ``"detection"`` or ``"segmentation"``.
+        classes: Class names, as the model predicts them.
+        mean: Per-channel mean the data pipeline subtracted (undone for the overlays).
+        std: Per-channel std the data pipeline divided by.
+        metric: The metric that picks the best epoch (``recipe.metric``).
+        split: The split it was measured on (``eval.split``).
+        history: One row per epoch, as written to ``metrics.jsonl``.
+        overlay_set: Images to draw predictions on (the eval split, else the test split), or ``None``.
+        overlays: How many overlays to draw (``run.overlays``).
+        device: Where the model runs.
+        log: Prints a line (the trainer's main-process logger).
+    """
+
+    output: Path
+    task: str
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    metric: str
+    split: str
+    history: list[dict[str, Any]]
+    overlay_set: Dataset | None = None
+    overlays: int = 0
+    device: torch.device | str = "cpu"
+    log: Callable[[str], None] = print
 
 
 def _json(obj: Any) -> str:
@@ -115,35 +148,27 @@ def draw_prediction(
     return draw_segmentation_masks(canvas, masks, alpha=0.45, colors=_COLORS[: len(masks)] * 4)
 
 
-def _overlays(trainer: Trainer, model: nn.Module, count: int) -> list[Path]:
+def _overlays(run: RunArtifacts, model: nn.Module) -> list[Path]:
     from PIL import Image
 
-    dataset = trainer.eval_set or trainer.test_set
-    if dataset is None or count == 0:
+    dataset = run.overlay_set
+    if dataset is None or run.overlays == 0:
         return []
-    folder = trainer.output / "overlays"
+    folder = run.output / "overlays"
     folder.mkdir(exist_ok=True)
     model.eval()
+    detection = run.task == "detection"
     paths = []
-    for index in range(min(count, len(dataset))):
+    for index in range(min(run.overlays, len(dataset))):
         image, _ = dataset[index]
         with torch.no_grad():
-            output = model(
-                [image.to(trainer.device)] if trainer.task == "detection" else image[None].to(trainer.device)
-            )
-        output = output[0] if trainer.task == "detection" else output
+            output = model([image.to(run.device)] if detection else image[None].to(run.device))
+        output = output[0] if detection else output
         if isinstance(output, dict) and "out" in output:
             output = {"out": output["out"][0]}
         elif isinstance(output, Tensor):
             output = output[0]
-        picture = draw_prediction(
-            image,
-            output,
-            task=trainer.task,
-            classes=trainer.classes,
-            mean=trainer.mean,
-            std=trainer.std,
-        )
+        picture = draw_prediction(image, output, task=run.task, classes=run.classes, mean=run.mean, std=run.std)
         buffer = io.BytesIO()
         Image.fromarray(picture.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
         path = folder / f"val_{index:03d}.png"
@@ -176,19 +201,31 @@ def _table(summary: dict[str, Any], split: str) -> str:
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
-def finish_run(trainer: Trainer, summary: dict[str, Any], model: nn.Module) -> None:
-    """Write ``summary.json``, ``curves.png`` and overlays; print the summary table."""
-    split = trainer.recipe.eval.split
+def epoch_line(row: dict[str, Any], metric: str, split: str) -> str:
+    """The line logged after an epoch: its mean training loss, its eval metric when it has one, its time."""
+    value = row.get(f"{split}/{metric}")
+    shown = f", {split} {metric} {value:.4f}" if isinstance(value, float) else ""
+    return f"epoch {row['epoch']}: loss {row.get('train/loss', float('nan')):.4f}{shown} ({row['time']:.0f}s)"
+
+
+def finish_run(run: RunArtifacts, summary: dict[str, Any], model: nn.Module) -> None:
+    """Write ``summary.json``, ``curves.png`` and overlays; print the summary table.
+
+    Args:
+        run: The run's folder, history and display settings.
+        summary: The run summary; its ``files`` entry is filled in here.
+        model: The model the overlays show (the EMA when the run kept one).
+    """
     summary["files"] = {
-        "last": str(trainer.output / "last.pt"),
-        "best": str(trainer.output / "best.pt"),
-        "metrics": str(trainer.output / "metrics.jsonl"),
+        "last": str(run.output / "last.pt"),
+        "best": str(run.output / "best.pt"),
+        "metrics": str(run.output / "metrics.jsonl"),
     }
-    curves = _plot_curves(trainer.output, trainer.history, trainer.recipe.metric, split)
+    curves = _plot_curves(run.output, run.history, run.metric, run.split)
     if curves:
         summary["files"]["curves"] = str(curves)
-    overlays = _overlays(trainer, model, trainer.recipe.run.overlays)
+    overlays = _overlays(run, model)
     if overlays:
         summary["files"]["overlays"] = str(overlays[0].parent)
-    atomic_write_bytes(trainer.output / "summary.json", json.dumps(summary, indent=2, default=float).encode())
-    trainer._log("\n" + _table(summary, split) + f"\n  outputs in {trainer.output}/")
+    atomic_write_bytes(run.output / "summary.json", json.dumps(summary, indent=2, default=float).encode())
+    run.log("\n" + _table(summary, run.split) + f"\n  outputs in {run.output}/")

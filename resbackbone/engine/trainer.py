@@ -11,50 +11,30 @@ states, so a resumed run reproduces the uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader, Dataset
 
-from ..data import build_dataset, class_names, detection_collate, has_split
+from ..data import class_names
 from ..recipes import Recipe
 from . import distributed
 from .builders import build_model, build_optimizer, build_scheduler, find_backbone, input_normalization
-from .checkpoint import load_checkpoint, remove_partial_writes, rng_state, save_checkpoint, set_rng_state
-from .evaluate import autocast, evaluate_model, to_device
+from .checkpoint import load_checkpoint, remove_partial_writes, resume_state, rng_state, save_checkpoint, set_rng_state
+from .evaluate import evaluate_model
+from .loaders import build_splits, make_loader, seed_everything
+from .loop import TrainingError, TrainState, train_epoch
 from .losses import SegmentationLoss
+from .report import RunArtifacts, epoch_line, finish_run, write_metrics
 
-__all__ = ["Trainer", "TrainingError", "seed_everything"]
+__all__ = ["Trainer", "TrainingError"]
 
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a NaN loss); the message names the step and the last good checkpoint."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-    # OpenCV (under albumentations) would start a thread pool per worker, competing with the
-    # training step's threads for the cores: the albumentations docs advise one thread in workers
-    import cv2
-
-    cv2.setNumThreads(0)
-    cv2.ocl.setUseOpenCL(False)
+# What a checkpoint keeps of the run's progress, beside the weights and optimisation state
+_PROGRESS = ("epoch", "step", "best", "history", "bad_evals", "skipped_batches", "overflow_steps")
 
 
 class Trainer:
@@ -83,8 +63,7 @@ class Trainer:
         self.task = recipe.task
         seed_everything(recipe.run.seed)
 
-        data = recipe.data
-        self.classes = class_names(data, self.task)
+        self.classes = class_names(recipe.data, self.task)
         num_classes = len(self.classes) + 1 if self.task == "detection" else len(self.classes)
         model = build_model(recipe, num_classes).to(self.device)
         if recipe.run.channels_last:
@@ -92,13 +71,7 @@ class Trainer:
         self.model = model
         self.backbone = find_backbone(model)
         self.mean, self.std = input_normalization(self.backbone, self.task)
-        common = {"task": self.task, "mean": self.mean, "std": self.std, "in_chans": recipe.model.in_chans}
-        self.train_set = build_dataset(data, "train", train=True, **common)
-        if len(self.train_set) == 0:
-            raise ValueError(f"The train split of {recipe.name} is empty; check data.train.")
-        split = recipe.eval.split
-        self.eval_set = build_dataset(data, split, train=False, **common) if has_split(data, split) else None
-        self.test_set = build_dataset(data, "test", train=False, **common) if has_split(data, "test") else None
+        self.train_set, self.eval_set, self.test_set = build_splits(recipe, self.mean, self.std)
 
         optim = recipe.optim
         self.train_loader = self._loader(self.train_set, optim.batch_size, train=True)
@@ -110,12 +83,11 @@ class Trainer:
         self.optimizer = build_optimizer(model, self.backbone, optim)
         self.scheduler = build_scheduler(self.optimizer, optim, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=optim.amp == "fp16")
-        self.ema = None
-        if optim.ema:
-            from timm.utils import ModelEmaV3
-
-            self.ema = ModelEmaV3(model, decay=optim.ema)
-        self.seg_loss = SegmentationLoss(recipe.model.loss, data.ignore_index) if self.task == "segmentation" else None
+        self.ema = ModelEmaV3(model, decay=optim.ema) if optim.ema else None
+        self.seg_loss = (
+            SegmentationLoss(recipe.model.loss, recipe.data.ignore_index) if self.task == "segmentation" else None
+        )
+        self._train_model = distributed.TrainModel(model, self.ctx)
 
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser updates done
@@ -124,106 +96,43 @@ class Trainer:
         self.bad_evals = 0
         self.skipped_batches = 0
         self.overflow_steps = 0  # fp16 updates the gradient scaler skipped (inf/NaN gradients)
-        self._ddp: nn.Module | None = None
-        self._trainable_key: tuple[bool, ...] | None = None
         if resume:
             self._resume()
 
     # ------------------------------------------------------------------ setup helpers
 
     def _loader(self, dataset: Dataset, batch_size: int, *, train: bool) -> DataLoader:
-        run = self.recipe.run
-        sampler = None
-        if train and self.ctx.distributed:
-            sampler = DistributedSampler(
-                dataset, num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=True, seed=run.seed
-            )
-        elif not train and self.ctx.distributed:  # exact shards, no padding: metrics equal one process's
-            dataset = Subset(dataset, range(self.ctx.rank, len(dataset), self.ctx.world_size))
-        generator = torch.Generator().manual_seed(run.seed)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            num_workers=run.workers,
-            collate_fn=detection_collate if self.task == "detection" else None,
-            drop_last=train and len(dataset) > batch_size,
-            generator=generator,
-            worker_init_fn=_seed_worker,
-            pin_memory=self.device.type == "cuda",
+        return make_loader(dataset, batch_size, train=train, task=self.task, run=self.recipe.run, ctx=self.ctx)
+
+    def _train_state(self) -> TrainState:
+        """The model and its optimisation objects, as an update changes them and a checkpoint keeps them."""
+        return TrainState(
+            self.model, self.optimizer, self.scheduler, self.scaler, self.ema, self.recipe.optim.clip_grad
         )
-
-    def _eval_loader(self, dataset: Dataset) -> DataLoader:
-        return self._loader(dataset, self.recipe.eval.batch_size or self.recipe.optim.batch_size, train=False)
-
-    def _train_model(self) -> nn.Module:
-        """The model to train: DDP-wrapped when distributed, rebuilt when the trainable set changes."""
-        if not self.ctx.distributed:
-            return self.model
-        key = tuple(p.requires_grad for p in self.model.parameters())
-        if self._ddp is None or key != self._trainable_key:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self._ddp = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=False)
-            self._trainable_key = key
-        return self._ddp
-
-    def _set_trainable_for(self, epoch: int) -> None:
-        cfg = self.recipe.model
-        frozen = epoch < cfg.freeze_backbone_epochs
-        self.backbone.set_trainable_stages(0 if frozen else cfg.trainable_stages)
 
     # ------------------------------------------------------------------ checkpoints
 
     def _state(self) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(),
-            "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "best": self.best,
-            "history": self.history,
-            "bad_evals": self.bad_evals,
-            "skipped_batches": self.skipped_batches,
-            "overflow_steps": self.overflow_steps,
+            **self._train_state().state_dict(),
+            **{name: getattr(self, name) for name in _PROGRESS},
             "classes": self.classes,
             "recipe": self.recipe.model_dump(mode="json", by_alias=True),
             "rng": rng_state(),
         }
 
     def _resume(self) -> None:
-        path = self.output / "last.pt"
-        if not path.is_file():
-            raise ValueError(f"--resume: {path} does not exist; start without --resume, or pass the run's folder.")
-        state = load_checkpoint(path)
-        if state["classes"] != self.classes:
-            raise ValueError(
-                f"--resume: {path} was trained on classes {state['classes']}, this recipe has {self.classes}."
-            )
-        self.model.load_state_dict(state["model"])
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.module.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.best, self.history = state["best"], state["history"]
-        self.bad_evals, self.skipped_batches = state["bad_evals"], state["skipped_batches"]
-        self.overflow_steps = state.get("overflow_steps", 0)
+        state = resume_state(self.output / "last.pt", self.classes)
+        self._train_state().load_state_dict(state)
+        for name in _PROGRESS:
+            setattr(self, name, state[name])
         set_rng_state(state["rng"])
-        self._log(f"Resumed from {path}: epoch {self.epoch}, step {self.step}.")
+        self._log(f"Resumed from {self.output / 'last.pt'}: epoch {self.epoch}, step {self.step}.")
         if self.ctx.is_main:
             removed = remove_partial_writes(self.output)
             if removed:
                 names = ", ".join(p.name for p in removed)
                 self._log(f"Removed {len(removed)} partial file(s) an interrupted write left behind: {names}.")
-
-    # ------------------------------------------------------------------ logging
 
     def _log(self, message: str) -> None:
         if self.ctx.is_main:
@@ -231,111 +140,35 @@ class Trainer:
 
             tqdm.write(message)
 
-    def _write_metrics(self, row: dict[str, Any]) -> None:
-        if not self.ctx.is_main:
-            return
-        from .report import write_metrics
-
-        write_metrics(self.output, self.history, row)
-
     # ------------------------------------------------------------------ training
 
-    def _loss(self, model: nn.Module, images: Any, targets: Any) -> dict[str, Tensor]:
-        with autocast(self.device, self.recipe.optim.amp):
-            if self.task == "detection":
-                return model(images, targets)
-            output = model(images)
-        assert self.seg_loss is not None
-        return self.seg_loss(output, targets)
-
-    def _batches(self, epoch: int) -> Iterator[tuple[int, Any]]:
-        sampler = self.train_loader.sampler
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        self.train_loader.generator.manual_seed(self.recipe.run.seed + epoch)
-        for i, batch in enumerate(self.train_loader):
-            if i >= self.batches_per_epoch:
-                break
-            yield i, batch
-
     def _train_epoch(self, epoch: int) -> dict[str, float]:
-        from tqdm.auto import tqdm
-
-        optim, run = self.recipe.optim, self.recipe.run
-        self._set_trainable_for(epoch)
-        model = self._train_model()
+        cfg = self.recipe.model
+        self.backbone.set_trainable_stages(0 if epoch < cfg.freeze_backbone_epochs else cfg.trainable_stages)
+        model = self._train_model.get()
         model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        count = overflows = 0
-        bar = tqdm(
+        tally = train_epoch(
+            self.recipe,
+            self.ctx,
+            model,
+            self.train_loader,
+            self._train_state(),
+            self.seg_loss,
+            epoch=epoch,
+            step=self.step,
             total=self.batches_per_epoch,
-            desc=f"epoch {epoch + 1}/{optim.epochs}",
-            disable=not self.progress,
-            leave=False,
+            last_good=self.output / "last.pt",
+            progress=self.progress,
         )
-        for i, (images, targets) in self._batches(epoch):
-            images, targets = to_device(images, targets, self.device, run.channels_last)
-            update = (i + 1) % optim.accumulate == 0 or i + 1 == self.batches_per_epoch
-            sync = model.no_sync() if (self.ctx.distributed and not update) else contextlib.nullcontext()
-            with sync:
-                parts = self._loss(model, images, targets)
-                loss = sum(parts.values())
-                if not self._finite(loss):
-                    if run.nan_policy == "stop":
-                        last = self.output / "last.pt"
-                        where = (
-                            f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved yet"
-                        )
-                        raise TrainingError(
-                            f"Loss is {loss.item()} at epoch {epoch + 1}, step {self.step + 1} (batch {i + 1}); "
-                            f"{where}. Lower optim.lr, set optim.clip_grad, check the data, "
-                            "or set run.nan_policy: skip."
-                        )
-                    self.skipped_batches += 1
-                    self.optimizer.zero_grad(set_to_none=True)
-                    bar.update(1)
-                    continue
-                self.scaler.scale(loss / optim.accumulate).backward()
-            if update:
-                if optim.clip_grad:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), optim.clip_grad)
-                scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                if scale is not None and self.scaler.get_scale() < scale:
-                    # inf/NaN gradients: the scaler skipped this update and lowered its scale; not a step done
-                    self.overflow_steps += 1
-                    overflows += 1
-                else:
-                    self.scheduler.step()
-                    self.step += 1
-                    if self.ema is not None:
-                        self.ema.update(self.model, step=self.step)
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            count += 1
-            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-            bar.update(1)
-        bar.close()
-        if overflows:
+        self.step += tally.updates
+        self.skipped_batches += tally.skipped
+        self.overflow_steps += tally.overflows
+        if tally.overflows:
             self._log(
-                f"epoch {epoch + 1}: the fp16 gradient scaler skipped {overflows} of {self.steps_per_epoch} updates "
-                f"(inf/NaN gradients); scale now {self.scaler.get_scale():g}."
+                f"epoch {epoch + 1}: the fp16 gradient scaler skipped {tally.overflows} of {self.steps_per_epoch} "
+                f"updates (inf/NaN gradients); scale now {self.scaler.get_scale():g}."
             )
-        means = {f"train/{k}": v / max(1, count) for k, v in sums.items()}
-        means["lr"] = max(g["lr"] for g in self.optimizer.param_groups)
-        return means
-
-    def _finite(self, loss: Tensor) -> bool:
-        flag = torch.isfinite(loss.detach()).to(torch.int32)
-        if self.ctx.distributed:
-            flag = flag.to(self.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        return bool(flag.item())
+        return {**tally.means(), "lr": max(g["lr"] for g in self.optimizer.param_groups)}
 
     def evaluate(self, dataset: Dataset | None = None) -> dict[str, float]:
         """Metrics of the current model (its EMA when enabled) on ``dataset`` (default: the eval split)."""
@@ -343,10 +176,10 @@ class Trainer:
         if dataset is None:
             return {}
         model = self.ema.module if self.ema is not None else self.model
-        self._sync_buffers(model)
+        distributed.broadcast_buffers(model, self.ctx)
         return evaluate_model(
             model,
-            self._eval_loader(dataset),
+            self._loader(dataset, self.recipe.eval.batch_size or self.recipe.optim.batch_size, train=False),
             task=self.task,
             classes=self.classes,
             device=self.device,
@@ -356,22 +189,9 @@ class Trainer:
             progress=self.progress,
         )
 
-    def _sync_buffers(self, model: nn.Module) -> None:
-        """Give every process rank 0's buffers (BN statistics drift per rank in the last step)."""
-        if self.ctx.distributed:
-            for buffer in model.buffers():
-                torch.distributed.broadcast(buffer.data, src=0)
-
     def ranks_in_sync(self) -> bool:
         """Whether every process holds the same parameters (always true in one process)."""
-        if not self.ctx.distributed:
-            return True
-        flat = torch.cat([p.detach().double().flatten() for p in self.model.parameters()])
-        weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device) / flat.numel()
-        digest = torch.stack([flat.sum(), flat.square().sum(), (flat * weights).sum()])
-        gathered = [torch.empty_like(digest) for _ in range(self.ctx.world_size)]
-        torch.distributed.all_gather(gathered, digest)
-        return all(torch.equal(g, gathered[0]) for g in gathered)
+        return distributed.ranks_in_sync(self.model, self.ctx)
 
     def _improved(self, metrics: dict[str, float]) -> bool:
         key = self.recipe.metric
@@ -409,8 +229,8 @@ class Trainer:
         if self.ctx.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
             save_checkpoint(self._state(), self.output / "last.pt")
-        self._write_metrics(row)
-        self._log(_epoch_line(row, self.recipe.metric, ev.split))
+            write_metrics(self.output, self.history, row)
+        self._log(epoch_line(row, self.recipe.metric, ev.split))
         return row
 
     def fit(self) -> dict[str, Any]:
@@ -435,8 +255,6 @@ class Trainer:
         return self._finish(time.perf_counter() - start, stopped_early)
 
     def _finish(self, seconds: float, stopped_early: bool) -> dict[str, Any]:
-        from .report import finish_run
-
         test_metrics: dict[str, float] = {}
         if self.test_set is not None:
             best = self.output / "best.pt"
@@ -444,9 +262,7 @@ class Trainer:
             if self.ctx.is_main and best.is_file():
                 state = load_checkpoint(best)
                 target.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
-            if self.ctx.distributed:  # rank 0's file may be on another machine: send its weights
-                for tensor in target.state_dict().values():
-                    torch.distributed.broadcast(tensor, src=0)
+            distributed.broadcast_state(target, self.ctx)  # rank 0's file may be on another machine
             test_metrics = self.evaluate(self.test_set)
         summary = {
             "recipe": self.recipe.name,
@@ -466,12 +282,22 @@ class Trainer:
         if not summary["ranks_in_sync"]:
             raise TrainingError(f"The {self.ctx.world_size} processes ended with different weights; please report it.")
         if self.ctx.is_main:
-            model = self.ema.module if self.ema is not None else self.model
-            finish_run(self, summary, model)
+            finish_run(self._artifacts(), summary, self.ema.module if self.ema is not None else self.model)
         return summary
 
-
-def _epoch_line(row: dict[str, Any], metric: str, split: str) -> str:
-    value = row.get(f"{split}/{metric}")
-    shown = f", {split} {metric} {value:.4f}" if isinstance(value, float) else ""
-    return f"epoch {row['epoch']}: loss {row.get('train/loss', float('nan')):.4f}{shown} ({row['time']:.0f}s)"
+    def _artifacts(self) -> RunArtifacts:
+        """What the end-of-run report draws from (see :func:`~resbackbone.engine.report.finish_run`)."""
+        return RunArtifacts(
+            output=self.output,
+            task=self.task,
+            classes=self.classes,
+            mean=self.mean,
+            std=self.std,
+            metric=self.recipe.metric,
+            split=self.recipe.eval.split,
+            history=self.history,
+            overlay_set=self.eval_set or self.test_set,
+            overlays=self.recipe.run.overlays,
+            device=self.device,
+            log=self._log,
+        )
