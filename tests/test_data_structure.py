@@ -1,9 +1,7 @@
-"""The data package's structure: the format table is the one source of format facts; imports stay acyclic."""
+"""The data package's structure: the format table is the one source of format facts (imports: test_structure.py)."""
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -35,62 +33,3 @@ def test_every_format_is_read_or_read_as_another(name: str) -> None:
     else:
         assert spec.index is not None and (spec.classes is not None or spec.find_classes is not None)
         assert spec.short_field in spec.split_fields and {f for f, _ in spec.required} <= set(spec.split_fields)
-
-
-def _module(path: Path) -> str:
-    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _imports(path: Path) -> list[tuple[str, ast.ImportFrom, bool]]:
-    """``(module, node, inside a function)`` for every ``from resbackbone... import`` of a file, at any depth."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    nested = {
-        id(node)
-        for fn in ast.walk(tree)
-        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
-        for node in ast.walk(fn)
-    }
-    package = _module(path).split(".")
-    if path.name != "__init__.py":
-        package = package[:-1]
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - node.level + 1] if node.level else []
-            target = ".".join([*base, *([node.module] if node.module else [])])
-            if target.startswith("resbackbone"):
-                found.append((target, node, id(node) in nested))
-    return found
-
-
-def test_data_modules_import_no_underscore_names_and_no_package_module_inside_functions() -> None:
-    for path in sorted(DATA.rglob("*.py")):
-        for target, node, inside in _imports(path):
-            private = [a.name for a in node.names if a.name.startswith("_")]
-            assert not private, f"{path.relative_to(REPO_ROOT)} imports {private} from {target}"
-            assert not inside, f"{path.relative_to(REPO_ROOT)} imports {target} inside a function (line {node.lineno})"
-
-
-def test_data_modules_import_each_other_without_cycles() -> None:
-    modules = {_module(p): p for p in DATA.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        edges = set()
-        for target, node, _ in _imports(path):
-            for alias in node.names:  # `from . import x` names a module
-                edges.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules else target)
-        graph[name] = {e for e in edges if e in modules and e != name}
-    done: set[str] = set()
-
-    def visit(name: str, stack: list[str]) -> None:
-        if name in stack:
-            pytest.fail(f"import cycle: {' -> '.join([*stack[stack.index(name) :], name])}")
-        if name in done:
-            return
-        for target in sorted(graph[name]):
-            visit(target, [*stack, name])
-        done.add(name)
-
-    for name in sorted(graph):
-        visit(name, [])

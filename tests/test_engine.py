@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import ast
 import json
 import math
 import re
@@ -230,29 +229,6 @@ def test_finish_run_from_artifacts_built_by_hand(tmp_path: Path) -> None:
     assert written["best"] == summary["best"] and written["test"] == {"miou": 0.35}
     (table,) = lines
     assert re.search(r"best val miou\s+0\.4000 \(epoch 2\)", table) and f"outputs in {tmp_path}/" in table
-
-
-def test_engine_modules_import_no_private_names_and_form_no_cycle() -> None:
-    """Each engine module uses the others' public names only, and none imports another back (inside
-    functions included): the report reads a RunArtifacts, not the trainer."""
-    folder = REPO_ROOT / "resbackbone" / "engine"
-    imports: dict[str, set[str]] = {}
-    for path in sorted(folder.glob("*.py")):
-        imports[path.stem] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                names = [alias.name for alias in node.names]
-                imports[path.stem].update([node.module.split(".")[0]] if node.module else names)
-                assert not [n for n in names if n.startswith("_")], f"{path.name} imports {names} from .{node.module}"
-
-    def reaches(start: str, seen: frozenset[str]) -> set[str]:
-        found = set()
-        for module in imports.get(start, set()) - seen:
-            found |= {module} | reaches(module, seen | {module})
-        return found
-
-    assert "trainer" not in reaches("report", frozenset())
-    assert not [m for m in imports if m in reaches(m, frozenset())], imports
 
 
 def test_detection_run_and_predict(tmp_path: Path, session_cache: Path) -> None:
