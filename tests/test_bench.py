@@ -13,12 +13,12 @@ from resbackbone.bench import (
     TRAIN_FIELDS,
     BenchConfig,
     PeakMemory,
-    engine,
     format_markdown,
     format_table,
     main,
     matmul_ceiling,
     run_benchmark,
+    runner,
     write_reports,
 )
 
@@ -98,7 +98,7 @@ def test_fpn_and_missing_library_models() -> None:
 
 
 def test_emulated_low_precision_is_skipped_unless_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "native_low_precision", lambda device, dtype: dtype == torch.float32)
+    monkeypatch.setattr(runner, "native_low_precision", lambda device, dtype: dtype == torch.float32)
     result = run_benchmark(_tiny(modes=("fold-bf16",), repeats=1))
     (row,) = result["results"]
     assert row["status"] == "skipped" and "--allow-emulated" in row["note"]
@@ -225,6 +225,6 @@ def test_matmul_ceiling_is_positive() -> None:
 )
 def test_ceiling_keys_map_to_matmul_settings(key: str, expected: tuple) -> None:
     # "tf32" is probed on CUDA only: this is its one check on a machine without a GPU
-    from resbackbone.bench.engine import _probe_args
+    from resbackbone.bench.runner import _probe_args
 
     assert _probe_args(key) == expected

@@ -26,11 +26,11 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from .engine import RESULT_FIELDS, SCHEMA_VERSION, TRAIN_FIELDS, BenchConfig, run_benchmark
+from .candidates import COMPETITORS, MODES
 from .machine import PeakMemory, machine_info, matmul_ceiling
-from .models import COMPETITORS, MODES
-from .report import format_markdown, format_table, plot, write_reports
-from .train import TRAIN_MODELS
+from .runner import RESULT_FIELDS, SCHEMA_VERSION, TRAIN_FIELDS, BenchConfig, run_benchmark
+from .tables import format_markdown, format_table, plot, write_reports
+from .train_step import TRAIN_MODELS
 
 __all__ = [
     "COMPETITORS",

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from ..backbone import Backbone
+from .candidates import build_reference
 from .machine import PeakMemory, median, percentile, timed
-from .models import build_reference
 
 __all__ = ["TRAIN_MODELS", "run_train"]
 

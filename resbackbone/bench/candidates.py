@@ -15,7 +15,18 @@ from ..backbone import Backbone, create_backbone
 from ..optimize import InferenceBackbone, compile_frozen, optimize_for_inference
 from ..registry import get_spec
 
-__all__ = ["COMPETITORS", "MODES", "Candidate", "ModeSpec", "build_competitor", "build_mode", "build_reference"]
+__all__ = [
+    "COMPETITORS",
+    "MODES",
+    "Candidate",
+    "CompetitorUnavailable",
+    "ModeSpec",
+    "build_competitor",
+    "build_mode",
+    "build_reference",
+    "make_fpn",
+    "randomise_norms",
+]
 
 
 @dataclass(frozen=True)

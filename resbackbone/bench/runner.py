@@ -19,6 +19,16 @@ from ..backbone import Backbone, create_backbone
 from ..optimize import CompileFallbackWarning, native_low_precision
 from ..registry import get_spec
 from ..specs import LEVELS
+from .candidates import (
+    COMPETITORS,
+    MODES,
+    Candidate,
+    CompetitorUnavailable,
+    build_competitor,
+    build_mode,
+    build_reference,
+)
+from .candidates import make_fpn as _make_fpn
 from .machine import (
     MatmulProbe,
     PeakMemory,
@@ -30,9 +40,7 @@ from .machine import (
     synchronize,
     timed,
 )
-from .models import COMPETITORS, MODES, Candidate, CompetitorUnavailable, build_competitor, build_mode, build_reference
-from .models import make_fpn as _make_fpn
-from .train import TRAIN_MODELS, run_train
+from .train_step import TRAIN_MODELS, run_train
 
 __all__ = ["RESULT_FIELDS", "SCHEMA_VERSION", "TRAIN_FIELDS", "BenchConfig", "run_benchmark"]
 
@@ -78,7 +86,7 @@ class BenchConfig:
         batch_sizes: Images per forward.
         input_sizes: Square input sizes in pixels.
         devices: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CPU, plus CUDA when present).
-        modes: Our modes, keys of :data:`~resbackbone.bench.models.MODES`.
+        modes: Our modes, keys of :data:`~resbackbone.bench.candidates.MODES`.
         competitors: Libraries run side by side, keys of ``COMPETITORS`` (may be empty).
         fpn: Time backbone + a torchvision FPN instead of the backbone alone.
         fpn_channels: FPN output channels.
