@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults["competitors"].default,
         help="libraries side by side, from: " + ", ".join(COMPETITORS) + "; '' for none",
     )
-    add("--fpn", action="store_true", help="time backbone + a torchvision FeaturePyramidNetwork")
+    add("--fpn", action="store_true", help="time backbone + the FPN build_fpn puts on it (max-pool level)")
     add("--train", action="store_true", help="add forward+backward figures with and without grad checkpointing")
     add("--train-only", action="store_true", help="only the training figures (implies --train)")
     add("--train-models", type=_csv(str), default=TRAIN_MODELS, help=f"from {', '.join(TRAIN_MODELS)} (both)")

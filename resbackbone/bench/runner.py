@@ -27,8 +27,8 @@ from .candidates import (
     build_competitor,
     build_mode,
     build_reference,
+    make_fpn,
 )
-from .candidates import make_fpn as _make_fpn
 from .machine import (
     MatmulProbe,
     PeakMemory,
@@ -88,7 +88,8 @@ class BenchConfig:
         devices: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CPU, plus CUDA when present).
         modes: Our modes, keys of :data:`~resbackbone.bench.candidates.MODES`.
         competitors: Libraries run side by side, keys of ``COMPETITORS`` (may be empty).
-        fpn: Time backbone + a torchvision FPN instead of the backbone alone.
+        fpn: Time backbone + the FPN :func:`~resbackbone.build_fpn` puts on it
+            (torchvision's ``FeaturePyramidNetwork`` and a max-pool level) instead of the backbone alone.
         fpn_channels: FPN output channels.
         inference: Run the inference comparison.
         train: Add forward+backward figures with and without gradient checkpointing.
@@ -167,7 +168,7 @@ def _macs(name: str, size: int, fpn_channels: int | None) -> float:
 
     with torch.device("meta"):
         backbone = create_backbone(name).eval()
-        fpn = _make_fpn(backbone, fpn_channels, 0) if fpn_channels else None
+        fpn = make_fpn(backbone, fpn_channels, 0) if fpn_channels else None
         x = torch.empty(1, backbone.in_chans, size, size)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         out = backbone(x)
@@ -235,7 +236,7 @@ def _run_config(
         "repeats": config.repeats,
     }
     reference_model: Backbone = build_reference(name, weights=config.weights, seed=config.seed, device=device)
-    fpn = _make_fpn(reference_model, config.fpn_channels, config.seed).to(device) if config.fpn else None
+    fpn = make_fpn(reference_model, config.fpn_channels, config.seed).to(device) if config.fpn else None
     x = torch.randn(
         batch, reference_model.in_chans, size, size, generator=torch.Generator().manual_seed(config.seed)
     ).to(device)
