@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from resbackbone import cli
+from resbackbone import build_fpn, cli, create_backbone
 from resbackbone.bench import (
     RESULT_FIELDS,
     TRAIN_FIELDS,
     BenchConfig,
     PeakMemory,
+    count_macs,
     format_markdown,
     format_table,
     main,
@@ -142,6 +143,31 @@ def test_training_figures_with_and_without_checkpointing(model: str) -> None:
         assert row["memory_method"] == "cpu-tensor-peak" and row["peak_rss_mib"] is not None
         assert (row["memory_saving"] is None) == (not row["grad_checkpointing"])
     assert "memory saved" in format_table(result)
+
+
+def test_count_macs_counts_multiply_accumulates() -> None:
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert count_macs(conv, (2, 3, 10, 10)) == 2 * 8 * 3 * 3 * 3 * 10 * 10  # batch, out, in, kernel, pixels
+    with torch.device("meta"):
+        backbone = create_backbone("test_resnet").eval()
+        pyramid = build_fpn(backbone, out_channels=16).eval()
+    assert count_macs("test_resnet", (1, 3, 64, 64)) == count_macs(backbone, (1, 3, 64, 64))
+    assert count_macs(pyramid, (1, 3, 64, 64)) > count_macs(backbone, (1, 3, 64, 64))
+    assert count_macs("test_resnet", (1, 3, 64, 64), output_stride=8) > count_macs("test_resnet", (1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 64), (1, 3, 0, 64), (1, 3, 64.0, 64)])
+def test_count_macs_bad_input_shape_raises(shape: tuple) -> None:
+    with pytest.raises(ValueError, match=r"input_shape=.* is not valid: expected \(N, C, H, W\) of ints ≥ 1"):
+        count_macs("test_resnet", shape)
+
+
+def test_cli_info_and_bench_count_the_same_macs(tiny_result: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    macs = count_macs("test_resnet", (1, 3, 64, 64))
+    assert [r["gmacs_per_image"] for r in tiny_result["results"]] == [macs / 1e9] * 2
+    (row,) = run_benchmark(_tiny(input_sizes=(224,), modes=("eager",), repeats=1))["results"]
+    assert cli.main(["info", "test_resnet"]) == 0
+    assert f"GMACs at 224×224: {row['gmacs_per_image']:.2f}\n" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

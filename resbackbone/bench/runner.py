@@ -29,6 +29,7 @@ from .candidates import (
     build_reference,
     make_fpn,
 )
+from .flops import count_macs
 from .machine import (
     MatmulProbe,
     PeakMemory,
@@ -163,18 +164,13 @@ class BenchConfig:
 
 
 def _macs(name: str, size: int, fpn_channels: int | None) -> float:
-    """MACs of one image through the C2–C5 trunk (and FPN), counted on the meta device."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """MACs of one image through the C2–C5 trunk (and the FPN), counted on the meta device."""
+    from ..heads import build_fpn  # torchvision: not at start-up
 
     with torch.device("meta"):
         backbone = create_backbone(name).eval()
-        fpn = make_fpn(backbone, fpn_channels, 0) if fpn_channels else None
-        x = torch.empty(1, backbone.in_chans, size, size)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        out = backbone(x)
-        if fpn is not None:
-            fpn(out)
-    return counter.get_total_flops() / 2
+        model = build_fpn(backbone, out_channels=fpn_channels).eval() if fpn_channels else backbone
+    return count_macs(model, (1, backbone.in_chans, size, size))
 
 
 def _probe_args(key: str) -> tuple[torch.dtype, bool]:
