@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resbackbone import build_fpn, cli, create_backbone
+from resbackbone import build_detector, build_fpn, cli, create_backbone, heads
 from resbackbone.bench import (
     RESULT_FIELDS,
     TRAIN_FIELDS,
@@ -22,6 +22,8 @@ from resbackbone.bench import (
     runner,
     write_reports,
 )
+from resbackbone.bench.candidates import make_fpn
+from resbackbone.bench.train_step import build_train_model
 
 TOP_LEVEL = {"schema_version", "created", "command", "config", "machine", "ceilings", "results", "train", "duration_s"}
 MACHINE = {"cpu_model", "cpu_flags", "cpu_cores", "torch_threads", "gpus", "versions", "load_average", "platform"}
@@ -145,6 +147,48 @@ def test_training_figures_with_and_without_checkpointing(model: str) -> None:
     assert "memory saved" in format_table(result)
 
 
+def test_fpn_rows_run_the_fpn_build_fpn_builds() -> None:
+    backbone = create_backbone("test_resnet").eval()
+    fpn = make_fpn(backbone, 16, seed=0)
+    assert repr(fpn) == repr(build_fpn(backbone, out_channels=16).fpn)
+    levels = backbone(torch.rand(1, 3, 64, 64))
+    assert list(fpn(levels)) == [*backbone.feature_info.names, "pool"]
+
+
+def test_training_model_is_the_detector_a_recipe_builds() -> None:
+    model, body = build_train_model(
+        "fasterrcnn_fpn", "test_resnet", size=64, weights=None, seed=0, device=torch.device("cpu")
+    )
+    # a recipe's defaults: trainable_stages 3, images at data.image_size, anchors and FPN as build_detector's
+    expected = build_detector("faster_rcnn", backbone="test_resnet", num_classes=91, min_size=64, max_size=64)
+    assert repr(model) == repr(expected)
+    assert [p.requires_grad for p in model.parameters()] == [p.requires_grad for p in expected.parameters()]
+    assert body is model.backbone.body and model.training
+
+
+def test_recipe_options_reach_build_detector(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = {"levels": ["C3", "C4", "C5"], "fpn_channels": 16, "head_options": {"box_batch_size_per_image": 32}}
+    model, _ = build_train_model(
+        "fasterrcnn_fpn", "test_resnet", size=64, weights=None, seed=0, device=torch.device("cpu"), options=options
+    )
+    assert model.backbone.out_channels == 16 and model.backbone.levels == ("C3", "C4", "C5")
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 32
+
+    seen: dict = {}
+
+    def recording(arch: str, **kwargs: object) -> None:
+        seen.update(kwargs, arch=arch)
+        raise InterruptedError  # what the bench passed is known: no need to time it
+
+    monkeypatch.setattr(heads, "build_detector", recording)
+    config = _tiny(inference=False, train=True, train_models=("fasterrcnn_fpn",), train_model_options=options)
+    with pytest.raises(InterruptedError):
+        run_benchmark(config)
+    assert seen["arch"] == "faster_rcnn" and seen["backbone"] == "test_resnet"
+    assert seen["levels"] == ["C3", "C4", "C5"] and seen["fpn_channels"] == 16
+    assert seen["box_batch_size_per_image"] == 32 and seen["trainable_stages"] == 3 and seen["min_size"] == 64
+
+
 def test_count_macs_counts_multiply_accumulates() -> None:
     conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
     assert count_macs(conv, (2, 3, 10, 10)) == 2 * 8 * 3 * 3 * 3 * 10 * 10  # batch, out, in, kernel, pixels
@@ -181,11 +225,18 @@ def test_cli_info_and_bench_count_the_same_macs(tiny_result: dict, capsys: pytes
         ({"backbones": ("resnet5",)}, r"Unknown backbone 'resnet5'"),
         ({"train_checkpointing": False}, r"train_checkpointing=False would time two plain steps"),
         ({"train_checkpointing": ("C2", "C7")}, r"train_checkpointing has 'C7', which is not one of \('stem', 'C2'"),
+        ({"train_model_options": {"backbone": "resnet50"}}, r"train_model_options has 'backbone', which is not one"),
+        ({"train_model_options": {"fpn_channels": 4}}, r"train_model_options=\{'fpn_channels': 4\} is not a valid"),
     ],
 )
 def test_bad_config_raises(overrides: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         _tiny(**overrides)
+
+
+def test_train_model_options_not_a_dict_raises() -> None:
+    with pytest.raises(TypeError, match=r"train_model_options=\['fpn_channels'\] is not valid: expected a dict"):
+        _tiny(train_model_options=["fpn_channels"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")

@@ -29,9 +29,9 @@ from collections.abc import Sequence
 from .candidates import COMPETITORS, MODES
 from .flops import count_macs
 from .machine import PeakMemory, machine_info, matmul_ceiling
-from .runner import RESULT_FIELDS, SCHEMA_VERSION, TRAIN_FIELDS, BenchConfig, run_benchmark
+from .runner import RESULT_FIELDS, SCHEMA_VERSION, BenchConfig, run_benchmark
 from .tables import format_markdown, format_table, plot, write_reports
-from .train_step import TRAIN_MODELS
+from .train_step import TRAIN_FIELDS, TRAIN_MODELS
 
 __all__ = [
     "COMPETITORS",

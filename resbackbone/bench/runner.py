@@ -8,7 +8,8 @@ import shlex
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,12 @@ from .machine import (
     synchronize,
     timed,
 )
-from .train_step import TRAIN_MODELS, run_train
+from .train_step import TRAIN_MODELS, detector_recipe, run_train
 
-__all__ = ["RESULT_FIELDS", "SCHEMA_VERSION", "TRAIN_FIELDS", "BenchConfig", "run_benchmark"]
+__all__ = ["RESULT_FIELDS", "SCHEMA_VERSION", "BenchConfig", "run_benchmark"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: ``fasterrcnn_fpn`` is build_detector's model as a recipe builds it; ``--fpn`` is build_fpn's FPN."""
 
 RESULT_FIELDS: tuple[str, ...] = (
     "backbone", "device", "batch_size", "input_size", "fpn", "impl", "mode", "dtype", "channels_last", "compiled",
@@ -54,14 +56,6 @@ RESULT_FIELDS: tuple[str, ...] = (
     "ceiling_fraction", "ratio_vs", "max_abs_diff", "max_rel_diff", "setup_s", "repeats",
 )  # fmt: skip
 """Fields of every row of ``results`` in the JSON (all present, ``None`` where not measured)."""
-
-TRAIN_FIELDS: tuple[str, ...] = (
-    "backbone", "device", "batch_size", "input_size", "model", "grad_checkpointing", "checkpoint_stages", "amp_bf16",
-    "status", "note",
-    "images_per_s", "step_ms_p50", "step_ms_p95", "peak_memory_mib", "memory_method", "peak_rss_mib", "memory_saving",
-    "time_overhead", "setup_s", "repeats",
-)  # fmt: skip
-"""Fields of every row of ``train`` in the JSON."""
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
@@ -94,7 +88,11 @@ class BenchConfig:
         fpn_channels: FPN output channels.
         inference: Run the inference comparison.
         train: Add forward+backward figures with and without gradient checkpointing.
-        train_models: ``"backbone"`` and/or ``"fasterrcnn_fpn"``.
+        train_models: ``"backbone"`` (:func:`~resbackbone.create_backbone`'s) and/or
+            ``"fasterrcnn_fpn"`` (:func:`~resbackbone.build_detector`'s, as a recipe builds it).
+        train_model_options: Fields of a recipe's ``model:`` section for ``fasterrcnn_fpn``
+            over the recipe's defaults, from :data:`~resbackbone.bench.train_step.DETECTOR_OPTIONS`,
+            e.g. ``{"levels": ["C3", "C4", "C5"], "fpn_channels": 128}`` (a CPU recipe's).
         train_amp: Train steps under bf16 autocast.
         train_checkpointing: What the checkpointed steps pass to
             ``set_grad_checkpointing``: ``True`` (the backbone's default, the
@@ -120,6 +118,7 @@ class BenchConfig:
     inference: bool = True
     train: bool = False
     train_models: tuple[str, ...] = TRAIN_MODELS
+    train_model_options: dict[str, Any] = field(default_factory=dict)
     train_amp: bool = False
     train_checkpointing: bool | tuple[str, ...] = True
     warmup: int = 3
@@ -138,6 +137,14 @@ class BenchConfig:
         _check_tuple("competitors", self.competitors or ("timm",), tuple(COMPETITORS))
         self.devices = _check_tuple("devices", self.devices, ("auto", "cpu", "cuda"))
         self.train_models = _check_tuple("train_models", self.train_models, TRAIN_MODELS)
+        if not isinstance(self.train_model_options, Mapping):
+            raise TypeError(
+                f"train_model_options={self.train_model_options!r} is not valid: expected a dict of recipe "
+                "model fields, such as {'fpn_channels': 128}."
+            )
+        self.train_model_options = dict(self.train_model_options)
+        if self.train_model_options:
+            detector_recipe(self.backbones[0], weights=self.weights, options=self.train_model_options)
         if self.train_checkpointing is False:
             raise ValueError("train_checkpointing=False would time two plain steps: pass True or stage names.")
         if self.train_checkpointing is not True:
@@ -343,7 +350,7 @@ def run_benchmark(config: BenchConfig, *, command: str | None = None) -> dict[st
         The JSON-ready result: ``schema_version``, ``created``, ``command``,
         ``config``, ``machine``, ``ceilings`` (GFLOP/s by device and dtype),
         ``results`` (rows with :data:`RESULT_FIELDS`) and ``train`` (rows with
-        :data:`TRAIN_FIELDS`). See ``benchmarks/README.md``.
+        :data:`~resbackbone.bench.train_step.TRAIN_FIELDS`). See ``benchmarks/README.md``.
 
     Example:
         >>> result = run_benchmark(BenchConfig(backbones=("resnet18",), batch_sizes=(1,), input_sizes=(64,)))
@@ -386,6 +393,7 @@ def run_benchmark(config: BenchConfig, *, command: str | None = None) -> dict[st
                             repeats=config.repeats,
                             amp=config.train_amp,
                             checkpointing=config.train_checkpointing,
+                            options=config.train_model_options,
                         )
     document["machine"]["load_average_end"] = machine_info()["load_average"]
     document["duration_s"] = time.perf_counter() - started

@@ -4,51 +4,136 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from ..backbone import Backbone
-from .candidates import build_reference
+from ..backbone import Backbone, create_backbone
+from ..specs import LEVELS
+from .candidates import build_reference, randomise_norms
 from .machine import PeakMemory, median, percentile, timed
 
-__all__ = ["TRAIN_MODELS", "run_train"]
+if TYPE_CHECKING:
+    from ..recipes import ModelConfig
+
+__all__ = [
+    "DETECTOR_OPTIONS",
+    "NUM_CLASSES",
+    "TRAIN_FIELDS",
+    "TRAIN_MODELS",
+    "build_train_model",
+    "detector_recipe",
+    "run_train",
+]
 
 TRAIN_MODELS = ("backbone", "fasterrcnn_fpn")
 
+TRAIN_FIELDS: tuple[str, ...] = (
+    "backbone", "device", "batch_size", "input_size", "model", "grad_checkpointing", "checkpoint_stages", "amp_bf16",
+    "status", "note",
+    "images_per_s", "step_ms_p50", "step_ms_p95", "peak_memory_mib", "memory_method", "peak_rss_mib", "memory_saving",
+    "time_overhead", "setup_s", "repeats",
+)  # fmt: skip
+"""Fields of every row of ``train`` in the JSON."""
 
-class _FPNBackbone(nn.Module):
-    """Backbone + torchvision FPN (+ max-pool P6), as torchvision's ``BackboneWithFPN`` lays it out."""
+DETECTOR_OPTIONS: tuple[str, ...] = (
+    "trainable_stages", "norm", "in_chans", "min_size", "max_size", "anchor_sizes", "score_thresh", "levels",
+    "fpn_channels", "head_options",
+)  # fmt: skip
+"""Fields of a recipe's ``model:`` section that ``BenchConfig.train_model_options`` may set."""
 
-    def __init__(self, body: Backbone, channels: int = 256) -> None:
-        from torchvision.ops import FeaturePyramidNetwork
-        from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
-
-        super().__init__()
-        self.body = body
-        self.fpn = FeaturePyramidNetwork(list(body.feature_info.channels), channels, extra_blocks=LastLevelMaxPool())
-        self.out_channels = channels
-
-    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        features = self.body(x)
-        # torchvision's RoI pooler reads the maps named "0".."3"
-        return self.fpn(OrderedDict((str(i), v) for i, v in enumerate(features.values())))
+NUM_CLASSES = 91
+"""Classes of the ``fasterrcnn_fpn`` training model: COCO's, background included, as torchvision counts them."""
 
 
-def _faster_rcnn(body: Backbone, size: int) -> nn.Module:
-    from torchvision.models.detection import FasterRCNN
+def detector_recipe(name: str, *, weights: str | None, options: Mapping[str, Any] | None = None) -> ModelConfig:
+    """The recipe ``model:`` section of the ``fasterrcnn_fpn`` training model.
 
-    return FasterRCNN(
-        _FPNBackbone(body),
-        num_classes=91,
-        min_size=size,
-        max_size=size,
-        image_mean=list(body.mean),
-        image_std=list(body.std),
+    A ``faster_rcnn`` head on ``name`` with backbone weights ``weights``, the
+    recipe's defaults for everything else, updated by ``options``.
+
+    Raises:
+        ValueError: An option outside :data:`DETECTOR_OPTIONS`, or a value the recipe schema refuses.
+    """
+    from ..recipes import ModelConfig  # pydantic and the data package: not at start-up
+
+    options = dict(options or {})
+    unknown = [key for key in options if key not in DETECTOR_OPTIONS]
+    if unknown:
+        raise ValueError(
+            f"train_model_options has {unknown[0]!r}, which is not one of {DETECTOR_OPTIONS}; the bench sets "
+            "head, backbone, backbone_weights (from weights) and grad_checkpointing (from train_checkpointing)."
+        )
+    try:
+        return ModelConfig(head="faster_rcnn", backbone=name, backbone_weights=weights, **options)
+    except ValueError as exc:  # pydantic's ValidationError names the field and the value
+        raise ValueError(f"train_model_options={options!r} is not a valid recipe model section: {exc}") from None
+
+
+def build_train_model(
+    kind: str,
+    name: str,
+    *,
+    size: int,
+    weights: str | None,
+    seed: int,
+    device: torch.device,
+    options: Mapping[str, Any] | None = None,
+) -> tuple[nn.Module, Backbone]:
+    """The model a training step of ``kind`` runs (in train mode, on ``device``) and its backbone.
+
+    ``"backbone"`` is :func:`~resbackbone.create_backbone`'s, as
+    :func:`~resbackbone.bench.candidates.build_reference` builds it.
+    ``"fasterrcnn_fpn"`` is :func:`~resbackbone.build_detector`'s, given what
+    ``resbackbone finetune`` gives it for the recipe :func:`detector_recipe`
+    describes (frozen stem and C2 by default, images resized to ``size``) and
+    :data:`NUM_CLASSES` classes. Random weights (``weights=None``) are seeded
+    and get randomised batch-norm statistics, as every benchmarked model.
+
+    Raises:
+        ValueError: ``kind`` is not one of :data:`TRAIN_MODELS`, or a bad option.
+    """
+    if kind == "backbone":
+        body = build_reference(name, weights=weights, seed=seed, device=device)
+        return body.train(), body
+    if kind != "fasterrcnn_fpn":
+        raise ValueError(f"Unknown training model {kind!r}: expected one of {TRAIN_MODELS}.")
+    from ..heads import build_detector  # torchvision: not at start-up
+
+    m = detector_recipe(name, weights=weights, options=options)
+    torch.manual_seed(seed)
+    backbone: str | Backbone = m.backbone
+    backbone_weights = m.backbone_weights
+    if m.norm is not None:  # as resbackbone finetune does: the backbone built with the recipe's norm
+        backbone = create_backbone(
+            m.backbone,
+            weights=backbone_weights,
+            out_levels=tuple(m.levels or LEVELS),
+            in_chans=m.in_chans,
+            norm=m.norm,
+            trainable_stages=m.trainable_stages,
+        )
+        backbone_weights = None
+    model = build_detector(
+        "faster_rcnn",
+        backbone=backbone,
+        num_classes=NUM_CLASSES,
+        backbone_weights=backbone_weights,
+        trainable_stages=m.trainable_stages,
+        in_chans=m.in_chans,
+        min_size=m.min_size or size,
+        max_size=m.max_size or size,
+        anchor_sizes=m.anchor_sizes,
+        score_thresh=m.score_thresh,
+        levels=m.levels,
+        fpn_channels=m.fpn_channels,
+        **m.head_options,
     )
+    if weights is None:
+        randomise_norms(model, seed)
+    return model.to(device).train(), model.backbone.body
 
 
 def _boxes(batch: int, size: int, device: torch.device, generator: torch.Generator) -> list[dict[str, Tensor]]:
@@ -93,29 +178,32 @@ def run_train(
     repeats: int,
     amp: bool,
     checkpointing: bool | tuple[str, ...] = True,
+    options: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Forward+backward step time and peak memory, plain and with gradient checkpointing.
 
     The two variants of one model share weights, input and targets and are
     timed in alternating rounds; ``checkpointing`` is what the second passes
-    to ``set_grad_checkpointing``.
+    to ``set_grad_checkpointing``. The models are :func:`build_train_model`'s;
+    ``options`` update the recipe of ``fasterrcnn_fpn``.
 
     Returns:
         One row per (model, grad_checkpointing), fields as ``TRAIN_FIELDS``.
     """
     rows = []
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 3, size, size, generator=generator).to(device)
-    targets = _boxes(batch, size, device, generator)
     for model_kind in models:
         steps, memory, setup, stages = {}, {}, {}, {}
         for variant in (False, True):
             start = time.perf_counter()
-            body = build_reference(name, weights=weights, seed=seed, device=device)
+            model, body = build_train_model(
+                model_kind, name, size=size, weights=weights, seed=seed, device=device, options=options
+            )
             body.set_grad_checkpointing(checkpointing if variant else False)
             stages[variant] = list(body.checkpoint_stages)
-            model = body if model_kind == "backbone" else _faster_rcnn(body, size).to(device)
-            model.train()
+            if not variant:  # the same images and boxes for both
+                generator = torch.Generator().manual_seed(seed)
+                x = torch.randn(batch, body.in_chans, size, size, generator=generator).to(device)
+                targets = _boxes(batch, size, device, generator)
             step = _step_fn(model_kind, model, x, targets, amp)
             for _ in range(max(warmup, 1)):
                 step()
