@@ -23,6 +23,7 @@ from resbackbone.bench import (
     write_reports,
 )
 from resbackbone.bench.candidates import make_fpn
+from resbackbone.bench.machine import ceiling_settings
 from resbackbone.bench.train_step import build_train_model
 
 TOP_LEVEL = {"schema_version", "created", "command", "config", "machine", "ceilings", "results", "train", "duration_s"}
@@ -302,6 +303,9 @@ def test_matmul_ceiling_is_positive() -> None:
 )
 def test_ceiling_keys_map_to_matmul_settings(key: str, expected: tuple) -> None:
     # "tf32" is probed on CUDA only: this is its one check on a machine without a GPU
-    from resbackbone.bench.runner import _probe_args
+    assert ceiling_settings(key) == expected
 
-    assert _probe_args(key) == expected
+
+def test_unknown_ceiling_key_raises() -> None:
+    with pytest.raises(ValueError, match=r"Unknown ceiling key 'fp8': expected one of \('fp32', 'bf16'"):
+        ceiling_settings("fp8")

@@ -32,11 +32,14 @@ from .candidates import (
 )
 from .flops import count_macs
 from .machine import (
+    DTYPE_NAMES,
     MatmulProbe,
     PeakMemory,
+    ceiling_key,
+    ceiling_settings,
     exact_fp32,
     machine_info,
-    matmul_ceiling,
+    matmul_ceilings,
     median,
     percentile,
     synchronize,
@@ -56,9 +59,6 @@ RESULT_FIELDS: tuple[str, ...] = (
     "ceiling_fraction", "ratio_vs", "max_abs_diff", "max_rel_diff", "setup_s", "repeats",
 )  # fmt: skip
 """Fields of every row of ``results`` in the JSON (all present, ``None`` where not measured)."""
-
-_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 
 
 def _check_tuple(name: str, values: Any, allowed: tuple[str, ...] | None = None) -> tuple:
@@ -180,28 +180,6 @@ def _macs(name: str, size: int, fpn_channels: int | None) -> float:
     return count_macs(model, (1, backbone.in_chans, size, size))
 
 
-def _probe_args(key: str) -> tuple[torch.dtype, bool]:
-    """The dtype and TF32 switch of a ceiling key (``"tf32"`` is fp32 with TF32 allowed, CUDA only)."""
-    return (torch.float32, True) if key == "tf32" else (_DTYPES[key], False)
-
-
-def _ceilings(device: torch.device, dtypes: set[torch.dtype], budget_s: float) -> dict[str, float]:
-    keys = [_DTYPE_NAMES[d] for d in sorted(dtypes, key=str)]
-    if device.type == "cuda" and "fp32" in keys:
-        keys.append("tf32")
-    ceilings = {}
-    for key in keys:
-        dtype, tf32 = _probe_args(key)
-        ceilings[key] = matmul_ceiling(device, dtype, budget_s=budget_s, tf32=tf32)
-    return ceilings
-
-
-def _ceiling_key(dtype: torch.dtype, device: torch.device) -> str:
-    if dtype == torch.float32 and device.type == "cuda" and torch.backends.cudnn.allow_tf32:
-        return "tf32"  # cuDNN convolutions run in TF32 by default
-    return _DTYPE_NAMES[dtype]
-
-
 def _differences(outputs: list[Tensor], reference: list[Tensor]) -> tuple[float, float]:
     if len(outputs) != len(reference) or any(o.shape != r.shape for o, r in zip(outputs, reference)):
         shapes = [tuple(o.shape) for o in outputs]
@@ -249,12 +227,12 @@ def _run_config(
     jobs = [("resbackbone", mode) for mode in config.modes] + [(impl, "eager") for impl in config.competitors]
     for impl, mode in jobs:
         dtype = MODES[mode].dtype if impl == "resbackbone" else torch.float32
-        row = _empty_row(**base, impl=impl, mode=mode, dtype=_DTYPE_NAMES[dtype])
+        row = _empty_row(**base, impl=impl, mode=mode, dtype=DTYPE_NAMES[dtype])
         rows.append(row)
         if not native_low_precision(device, dtype) and not config.allow_emulated:
             row.update(
                 status="skipped",
-                note=f"{_DTYPE_NAMES[dtype]} is emulated on this {device.type}, not native "
+                note=f"{DTYPE_NAMES[dtype]} is emulated on this {device.type}, not native "
                 "(no AVX512-BF16/AMX); --allow-emulated runs it anyway, slowly",
             )
             continue
@@ -304,8 +282,9 @@ def _run_config(
         row.update(peak_memory_mib=peak.mib, memory_method=peak.method, peak_rss_mib=peak.rss_mib)
 
     # The ceiling matmuls join the rounds: the fraction of the ceiling compares like with like
-    keys = sorted({_ceiling_key(c.dtype, device) for c, _ in candidates})
-    probes = {key: MatmulProbe(device, _probe_args(key)[0], tf32=_probe_args(key)[1]) for key in keys}
+    keys = sorted({ceiling_key(c.dtype, device) for c, _ in candidates})
+    settings = {key: ceiling_settings(key) for key in keys}
+    probes = {key: MatmulProbe(device, dtype, tf32=tf32) for key, (dtype, tf32) in settings.items()}
     times: dict[int, list[float]] = {id(c): [] for c, _ in candidates}
     probe_times: dict[str, list[float]] = {key: [] for key in probes}
     with torch.inference_mode():
@@ -324,7 +303,7 @@ def _run_config(
             latency_ms_min=min(times[id(candidate)]) * 1e3,
             gflops_per_s=2 * macs * batch / p50 / 1e9,
         )
-        key = _ceiling_key(candidate.dtype, device)
+        key = ceiling_key(candidate.dtype, device)
         row.update(ceiling_key=key, ceiling_gflops_per_s=same_run[key])
         row["ceiling_fraction"] = row["gflops_per_s"] / same_run[key]
     speeds = {
@@ -370,8 +349,8 @@ def run_benchmark(config: BenchConfig, *, command: str | None = None) -> dict[st
     for device in config.resolved_devices():
         dtypes = {torch.float32} | {MODES[m].dtype for m in config.modes}
         dtypes = {d for d in dtypes if d == torch.float32 or d == torch.bfloat16 or native_low_precision(device, d)}
-        _log(f"[{device.type}] matmul ceilings for {sorted(_DTYPE_NAMES[d] for d in dtypes)} …")
-        document["ceilings"][device.type] = _ceilings(device, dtypes, config.ceiling_s)
+        _log(f"[{device.type}] matmul ceilings for {sorted(DTYPE_NAMES[d] for d in dtypes)} …")
+        document["ceilings"][device.type] = matmul_ceilings(device, dtypes, budget_s=config.ceiling_s)
         for name in config.backbones:
             for size in config.input_sizes:
                 macs = _macs(name, size, config.fpn_channels if config.fpn else None)
