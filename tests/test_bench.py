@@ -190,6 +190,16 @@ def test_recipe_options_reach_build_detector(monkeypatch: pytest.MonkeyPatch) ->
     assert seen["box_batch_size_per_image"] == 32 and seen["trainable_stages"] == 3 and seen["min_size"] == 64
 
 
+def test_recipe_norm_builds_the_detector_backbone_with_it() -> None:
+    options = {"norm": "gn", "trainable_stages": None}
+    model, body = build_train_model(
+        "fasterrcnn_fpn", "test_resnet", size=64, weights=None, seed=0, device=torch.device("cpu"), options=options
+    )
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in body.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_count_macs_counts_multiply_accumulates() -> None:
     conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
     assert count_macs(conv, (2, 3, 10, 10)) == 2 * 8 * 3 * 3 * 3 * 10 * 10  # batch, out, in, kernel, pixels
@@ -227,7 +237,7 @@ def test_cli_info_and_bench_count_the_same_macs(tiny_result: dict, capsys: pytes
         ({"train_checkpointing": False}, r"train_checkpointing=False would time two plain steps"),
         ({"train_checkpointing": ("C2", "C7")}, r"train_checkpointing has 'C7', which is not one of \('stem', 'C2'"),
         ({"train_model_options": {"backbone": "resnet50"}}, r"train_model_options has 'backbone', which is not one"),
-        ({"train_model_options": {"fpn_channels": 4}}, r"train_model_options=\{'fpn_channels': 4\} is not a valid"),
+        ({"train_model_options": {"fpn_channels": 4}}, r"\{'fpn_channels': 4\} is not a valid .*: fpn_channels: Input"),
     ],
 )
 def test_bad_config_raises(overrides: dict, match: str) -> None:

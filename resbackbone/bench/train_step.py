@@ -57,6 +57,8 @@ def detector_recipe(name: str, *, weights: str | None, options: Mapping[str, Any
     Raises:
         ValueError: An option outside :data:`DETECTOR_OPTIONS`, or a value the recipe schema refuses.
     """
+    from pydantic import ValidationError
+
     from ..recipes import ModelConfig  # pydantic and the data package: not at start-up
 
     options = dict(options or {})
@@ -68,8 +70,12 @@ def detector_recipe(name: str, *, weights: str | None, options: Mapping[str, Any
         )
     try:
         return ModelConfig(head="faster_rcnn", backbone=name, backbone_weights=weights, **options)
-    except ValueError as exc:  # pydantic's ValidationError names the field and the value
-        raise ValueError(f"train_model_options={options!r} is not a valid recipe model section: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            ".".join(map(str, error["loc"])) + ": " + error["msg"] if error["loc"] else error["msg"]
+            for error in exc.errors()
+        ).rstrip(".")
+        raise ValueError(f"train_model_options={options!r} is not a valid recipe model section: {problems}.") from None
 
 
 def build_train_model(
@@ -142,7 +148,7 @@ def _boxes(batch: int, size: int, device: torch.device, generator: torch.Generat
         xy = torch.rand(4, 2, generator=generator) * size * 0.6
         wh = torch.rand(4, 2, generator=generator) * size * 0.3 + 8
         boxes = torch.cat([xy, (xy + wh).clamp(max=size)], dim=1)
-        labels = torch.randint(1, 91, (4,), generator=generator)
+        labels = torch.randint(1, NUM_CLASSES, (4,), generator=generator)
         targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
     return targets
 
