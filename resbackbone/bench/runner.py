@@ -90,9 +90,6 @@ class BenchConfig:
         train: Add forward+backward figures with and without gradient checkpointing.
         train_models: ``"backbone"`` (:func:`~resbackbone.create_backbone`'s) and/or
             ``"fasterrcnn_fpn"`` (:func:`~resbackbone.build_detector`'s, as a recipe builds it).
-        train_model_options: Fields of a recipe's ``model:`` section for ``fasterrcnn_fpn``
-            over the recipe's defaults, from :data:`~resbackbone.bench.train_step.DETECTOR_OPTIONS`,
-            e.g. ``{"levels": ["C3", "C4", "C5"], "fpn_channels": 128}`` (a CPU recipe's).
         train_amp: Train steps under bf16 autocast.
         train_checkpointing: What the checkpointed steps pass to
             ``set_grad_checkpointing``: ``True`` (the backbone's default, the
@@ -105,6 +102,9 @@ class BenchConfig:
         allow_emulated: Run bf16/fp16 modes on a device without native support
             (otherwise they are reported as skipped).
         ceiling_s: Seconds spent timing each ceiling matmul.
+        train_model_options: Fields of a recipe's ``model:`` section for ``fasterrcnn_fpn``
+            over the recipe's defaults, from :data:`~resbackbone.bench.train_step.DETECTOR_OPTIONS`,
+            e.g. ``{"levels": ["C3", "C4", "C5"], "fpn_channels": 128}`` (a CPU recipe's).
     """
 
     backbones: tuple[str, ...] = ("resnet50",)
@@ -118,7 +118,6 @@ class BenchConfig:
     inference: bool = True
     train: bool = False
     train_models: tuple[str, ...] = TRAIN_MODELS
-    train_model_options: dict[str, Any] = field(default_factory=dict)
     train_amp: bool = False
     train_checkpointing: bool | tuple[str, ...] = True
     warmup: int = 3
@@ -127,6 +126,7 @@ class BenchConfig:
     seed: int = 0
     allow_emulated: bool = False
     ceiling_s: float = 1.0
+    train_model_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.backbones = _check_tuple("backbones", self.backbones)
