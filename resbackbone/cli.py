@@ -13,21 +13,6 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-def count_macs(name: str, *, size: int = 224, output_stride: int = 32) -> float:
-    """Multiply–accumulates of the C2–C5 forward of one ``size``×``size`` image, counted on the meta device."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .backbone import create_backbone
-
-    with torch.device("meta"):
-        backbone = create_backbone(name, output_stride=output_stride).eval()
-        x = torch.empty(1, backbone.in_chans, size, size)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        backbone(x)
-    return counter.get_total_flops() / 2
-
-
 def _cmd_list(args: argparse.Namespace) -> int:
     from .registry import get_spec, list_backbones
 
@@ -54,6 +39,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from .backbone import create_backbone
+    from .bench import count_macs
     from .registry import get_spec
 
     spec = get_spec(args.name)

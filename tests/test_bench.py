@@ -7,20 +7,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from resbackbone import cli
+from resbackbone import build_detector, build_fpn, cli, create_backbone, heads
 from resbackbone.bench import (
     RESULT_FIELDS,
     TRAIN_FIELDS,
     BenchConfig,
     PeakMemory,
-    engine,
+    count_macs,
     format_markdown,
     format_table,
     main,
     matmul_ceiling,
     run_benchmark,
+    runner,
     write_reports,
 )
+from resbackbone.bench.candidates import make_fpn
+from resbackbone.bench.machine import ceiling_settings
+from resbackbone.bench.train_step import build_train_model
 
 TOP_LEVEL = {"schema_version", "created", "command", "config", "machine", "ceilings", "results", "train", "duration_s"}
 MACHINE = {"cpu_model", "cpu_flags", "cpu_cores", "torch_threads", "gpus", "versions", "load_average", "platform"}
@@ -98,7 +102,7 @@ def test_fpn_and_missing_library_models() -> None:
 
 
 def test_emulated_low_precision_is_skipped_unless_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "native_low_precision", lambda device, dtype: dtype == torch.float32)
+    monkeypatch.setattr(runner, "native_low_precision", lambda device, dtype: dtype == torch.float32)
     result = run_benchmark(_tiny(modes=("fold-bf16",), repeats=1))
     (row,) = result["results"]
     assert row["status"] == "skipped" and "--allow-emulated" in row["note"]
@@ -144,6 +148,83 @@ def test_training_figures_with_and_without_checkpointing(model: str) -> None:
     assert "memory saved" in format_table(result)
 
 
+def test_fpn_rows_run_the_fpn_build_fpn_builds() -> None:
+    backbone = create_backbone("test_resnet").eval()
+    fpn = make_fpn(backbone, 16, seed=0)
+    assert repr(fpn) == repr(build_fpn(backbone, out_channels=16).fpn)
+    levels = backbone(torch.rand(1, 3, 64, 64))
+    assert list(fpn(levels)) == [*backbone.feature_info.names, "pool"]
+
+
+def test_training_model_is_the_detector_a_recipe_builds() -> None:
+    model, body = build_train_model(
+        "fasterrcnn_fpn", "test_resnet", size=64, weights=None, seed=0, device=torch.device("cpu")
+    )
+    # a recipe's defaults: trainable_stages 3, images at data.image_size, anchors and FPN as build_detector's
+    expected = build_detector("faster_rcnn", backbone="test_resnet", num_classes=91, min_size=64, max_size=64)
+    assert repr(model) == repr(expected)
+    assert [p.requires_grad for p in model.parameters()] == [p.requires_grad for p in expected.parameters()]
+    assert body is model.backbone.body and model.training
+
+
+def test_recipe_options_reach_build_detector(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = {"levels": ["C3", "C4", "C5"], "fpn_channels": 16, "head_options": {"box_batch_size_per_image": 32}}
+    model, _ = build_train_model(
+        "fasterrcnn_fpn", "test_resnet", size=64, weights=None, seed=0, device=torch.device("cpu"), options=options
+    )
+    assert model.backbone.out_channels == 16 and model.backbone.levels == ("C3", "C4", "C5")
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 32
+
+    seen: dict = {}
+
+    def recording(arch: str, **kwargs: object) -> None:
+        seen.update(kwargs, arch=arch)
+        raise InterruptedError  # what the bench passed is known: no need to time it
+
+    monkeypatch.setattr(heads, "build_detector", recording)
+    config = _tiny(inference=False, train=True, train_models=("fasterrcnn_fpn",), train_model_options=options)
+    with pytest.raises(InterruptedError):
+        run_benchmark(config)
+    assert seen["arch"] == "faster_rcnn" and seen["backbone"] == "test_resnet"
+    assert seen["levels"] == ["C3", "C4", "C5"] and seen["fpn_channels"] == 16
+    assert seen["box_batch_size_per_image"] == 32 and seen["trainable_stages"] == 3 and seen["min_size"] == 64
+
+
+def test_recipe_norm_builds_the_detector_backbone_with_it() -> None:
+    options = {"norm": "gn", "trainable_stages": None}
+    model, body = build_train_model(
+        "fasterrcnn_fpn", "test_resnet", size=64, weights=None, seed=0, device=torch.device("cpu"), options=options
+    )
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in body.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_count_macs_counts_multiply_accumulates() -> None:
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert count_macs(conv, (2, 3, 10, 10)) == 2 * 8 * 3 * 3 * 3 * 10 * 10  # batch, out, in, kernel, pixels
+    with torch.device("meta"):
+        backbone = create_backbone("test_resnet").eval()
+        pyramid = build_fpn(backbone, out_channels=16).eval()
+    assert count_macs("test_resnet", (1, 3, 64, 64)) == count_macs(backbone, (1, 3, 64, 64))
+    assert count_macs(pyramid, (1, 3, 64, 64)) > count_macs(backbone, (1, 3, 64, 64))
+    assert count_macs("test_resnet", (1, 3, 64, 64), output_stride=8) > count_macs("test_resnet", (1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 64), (1, 3, 0, 64), (1, 3, 64.0, 64)])
+def test_count_macs_bad_input_shape_raises(shape: tuple) -> None:
+    with pytest.raises(ValueError, match=r"input_shape=.* is not valid: expected \(N, C, H, W\) of ints ≥ 1"):
+        count_macs("test_resnet", shape)
+
+
+def test_cli_info_and_bench_count_the_same_macs(tiny_result: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    macs = count_macs("test_resnet", (1, 3, 64, 64))
+    assert [r["gmacs_per_image"] for r in tiny_result["results"]] == [macs / 1e9] * 2
+    (row,) = run_benchmark(_tiny(input_sizes=(224,), modes=("eager",), repeats=1))["results"]
+    assert cli.main(["info", "test_resnet"]) == 0
+    assert f"GMACs at 224×224: {row['gmacs_per_image']:.2f}\n" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
@@ -155,11 +236,18 @@ def test_training_figures_with_and_without_checkpointing(model: str) -> None:
         ({"backbones": ("resnet5",)}, r"Unknown backbone 'resnet5'"),
         ({"train_checkpointing": False}, r"train_checkpointing=False would time two plain steps"),
         ({"train_checkpointing": ("C2", "C7")}, r"train_checkpointing has 'C7', which is not one of \('stem', 'C2'"),
+        ({"train_model_options": {"backbone": "resnet50"}}, r"train_model_options has 'backbone', which is not one"),
+        ({"train_model_options": {"fpn_channels": 4}}, r"\{'fpn_channels': 4\} is not a valid .*: fpn_channels: Input"),
     ],
 )
 def test_bad_config_raises(overrides: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         _tiny(**overrides)
+
+
+def test_train_model_options_not_a_dict_raises() -> None:
+    with pytest.raises(TypeError, match=r"train_model_options=\['fpn_channels'\] is not valid: expected a dict"):
+        _tiny(train_model_options=["fpn_channels"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
@@ -225,6 +313,9 @@ def test_matmul_ceiling_is_positive() -> None:
 )
 def test_ceiling_keys_map_to_matmul_settings(key: str, expected: tuple) -> None:
     # "tf32" is probed on CUDA only: this is its one check on a machine without a GPU
-    from resbackbone.bench.engine import _probe_args
+    assert ceiling_settings(key) == expected
 
-    assert _probe_args(key) == expected
+
+def test_unknown_ceiling_key_raises() -> None:
+    with pytest.raises(ValueError, match=r"Unknown ceiling key 'fp8': expected one of \('fp32', 'bf16'"):
+        ceiling_settings("fp8")

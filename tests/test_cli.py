@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from resbackbone.cli import count_macs, main
+from resbackbone.bench import count_macs
+from resbackbone.cli import main
 
 
 def test_list(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import resbackbone
 from resbackbone import Backbone, InferenceBackbone, create_backbone, optimize_for_inference
-from resbackbone.bench.models import randomise_norms
+from resbackbone.bench.candidates import randomise_norms
 from resbackbone.optimize import inference_backbone
 
 ARCHS = ("test_resnet", "test_resnet_bottleneck", "test_resnetv2")

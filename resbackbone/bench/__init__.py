@@ -4,8 +4,8 @@ Every model of a configuration gets the same weights and the same input; they
 are warmed up (the first call compiles), then timed in interleaved rounds so
 that a busy neighbour or thermal drift hits all of them alike. Reported per
 model: images/s (batch / median latency), latency p50/p95, the peak memory one
-forward adds, achieved GFLOP/s (MACs counted with ``torch.utils.flop_counter``,
-1 MAC = 2 FLOP) and its fraction of the machine's matmul ceiling measured in
+forward adds, achieved GFLOP/s (MACs from :func:`count_macs`, which ``resbackbone info``
+uses too; 1 MAC = 2 FLOP) and its fraction of the machine's matmul ceiling measured in
 the same run, our throughput over each library's, and the maximum absolute and
 relative output difference to our fp32 eager output (TF32 off on CUDA).
 
@@ -26,11 +26,12 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from .engine import RESULT_FIELDS, SCHEMA_VERSION, TRAIN_FIELDS, BenchConfig, run_benchmark
+from .candidates import COMPETITORS, MODES
+from .flops import count_macs
 from .machine import PeakMemory, machine_info, matmul_ceiling
-from .models import COMPETITORS, MODES
-from .report import format_markdown, format_table, plot, write_reports
-from .train import TRAIN_MODELS
+from .runner import RESULT_FIELDS, SCHEMA_VERSION, BenchConfig, run_benchmark
+from .tables import format_markdown, format_table, plot, write_reports
+from .train_step import TRAIN_FIELDS, TRAIN_MODELS
 
 __all__ = [
     "COMPETITORS",
@@ -42,6 +43,7 @@ __all__ = [
     "PeakMemory",
     "add_arguments",
     "config_from_args",
+    "count_macs",
     "format_markdown",
     "format_table",
     "machine_info",
@@ -84,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults["competitors"].default,
         help="libraries side by side, from: " + ", ".join(COMPETITORS) + "; '' for none",
     )
-    add("--fpn", action="store_true", help="time backbone + a torchvision FeaturePyramidNetwork")
+    add("--fpn", action="store_true", help="time backbone + the FPN build_fpn puts on it (max-pool level)")
     add("--train", action="store_true", help="add forward+backward figures with and without grad checkpointing")
     add("--train-only", action="store_true", help="only the training figures (implies --train)")
     add("--train-models", type=_csv(str), default=TRAIN_MODELS, help=f"from {', '.join(TRAIN_MODELS)} (both)")

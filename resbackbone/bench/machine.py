@@ -20,7 +20,21 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["MatmulProbe", "PeakMemory", "machine_info", "matmul_ceiling", "synchronize", "timed"]
+__all__ = [
+    "DTYPE_NAMES",
+    "MatmulProbe",
+    "PeakMemory",
+    "ceiling_key",
+    "ceiling_settings",
+    "machine_info",
+    "matmul_ceiling",
+    "matmul_ceilings",
+    "synchronize",
+    "timed",
+]
+
+DTYPE_NAMES: dict[torch.dtype, str] = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+"""Names of the compute dtypes in the rows and of the ceilings (``"tf32"`` besides: fp32 with TF32 on CUDA)."""
 
 _LIBRARIES = ("torch", "torchvision", "timm", "segmentation-models-pytorch", "numpy", "resbackbone")
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "avx_vnni")
@@ -148,6 +162,35 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, *, budget_s: float 
     while time.perf_counter() < deadline or len(times) < 3:
         times.append(timed(probe, device))
     return probe.gflops(min(times))
+
+
+def ceiling_settings(key: str) -> tuple[torch.dtype, bool]:
+    """The dtype and TF32 switch of a ceiling key (``"tf32"`` is fp32 with TF32 allowed, CUDA only)."""
+    if key == "tf32":
+        return torch.float32, True
+    by_name = {name: dtype for dtype, name in DTYPE_NAMES.items()}
+    if key not in by_name:
+        raise ValueError(f"Unknown ceiling key {key!r}: expected one of {(*by_name, 'tf32')}.")
+    return by_name[key], False
+
+
+def ceiling_key(dtype: torch.dtype, device: torch.device) -> str:
+    """The ceiling a model computing in ``dtype`` on ``device`` is compared with."""
+    if dtype == torch.float32 and device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+        return "tf32"  # cuDNN convolutions run in TF32 by default
+    return DTYPE_NAMES[dtype]
+
+
+def matmul_ceilings(device: torch.device, dtypes: set[torch.dtype], *, budget_s: float = 1.0) -> dict[str, float]:
+    """:func:`matmul_ceiling` of each dtype by key, and of TF32 too where fp32 runs on CUDA."""
+    keys = [DTYPE_NAMES[d] for d in sorted(dtypes, key=str)]
+    if device.type == "cuda" and "fp32" in keys:
+        keys.append("tf32")
+    ceilings = {}
+    for key in keys:
+        dtype, tf32 = ceiling_settings(key)
+        ceilings[key] = matmul_ceiling(device, dtype, budget_s=budget_s, tf32=tf32)
+    return ceilings
 
 
 def _libc() -> Any:

@@ -15,7 +15,18 @@ from ..backbone import Backbone, create_backbone
 from ..optimize import InferenceBackbone, compile_frozen, optimize_for_inference
 from ..registry import get_spec
 
-__all__ = ["COMPETITORS", "MODES", "Candidate", "ModeSpec", "build_competitor", "build_mode", "build_reference"]
+__all__ = [
+    "COMPETITORS",
+    "MODES",
+    "Candidate",
+    "CompetitorUnavailable",
+    "ModeSpec",
+    "build_competitor",
+    "build_mode",
+    "build_reference",
+    "make_fpn",
+    "randomise_norms",
+]
 
 
 @dataclass(frozen=True)
@@ -96,11 +107,15 @@ def build_reference(name: str, *, weights: str | None, seed: int, device: torch.
 
 
 def make_fpn(backbone: Backbone, channels: int, seed: int) -> nn.Module:
-    """A torchvision ``FeaturePyramidNetwork`` over the backbone's levels (channels from ``feature_info``)."""
-    from torchvision.ops import FeaturePyramidNetwork
+    """The ``FeaturePyramidNetwork`` :func:`~resbackbone.build_fpn` puts on the backbone, seeded.
+
+    Users' FPN (its max-pool level included), taken out of the ``FeaturePyramid``
+    so that every candidate's levels, ours and the libraries', run through a copy of it.
+    """
+    from ..heads import build_fpn  # torchvision: not at start-up
 
     torch.manual_seed(seed)
-    return FeaturePyramidNetwork(list(backbone.feature_info.channels), channels).eval()
+    return build_fpn(backbone, out_channels=channels).fpn.eval()
 
 
 def _with_fpn(levels_fn: Callable[[Tensor], list[Tensor]], fpn: nn.Module | None, names: tuple[str, ...]) -> Callable:

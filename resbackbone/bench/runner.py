@@ -8,7 +8,8 @@ import shlex
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +20,37 @@ from ..backbone import Backbone, create_backbone
 from ..optimize import CompileFallbackWarning, native_low_precision
 from ..registry import get_spec
 from ..specs import LEVELS
+from .candidates import (
+    COMPETITORS,
+    MODES,
+    Candidate,
+    CompetitorUnavailable,
+    build_competitor,
+    build_mode,
+    build_reference,
+    make_fpn,
+)
+from .flops import count_macs
 from .machine import (
+    DTYPE_NAMES,
     MatmulProbe,
     PeakMemory,
+    ceiling_key,
+    ceiling_settings,
     exact_fp32,
     machine_info,
-    matmul_ceiling,
+    matmul_ceilings,
     median,
     percentile,
     synchronize,
     timed,
 )
-from .models import COMPETITORS, MODES, Candidate, CompetitorUnavailable, build_competitor, build_mode, build_reference
-from .models import make_fpn as _make_fpn
-from .train import TRAIN_MODELS, run_train
+from .train_step import TRAIN_MODELS, detector_recipe, run_train
 
-__all__ = ["RESULT_FIELDS", "SCHEMA_VERSION", "TRAIN_FIELDS", "BenchConfig", "run_benchmark"]
+__all__ = ["RESULT_FIELDS", "SCHEMA_VERSION", "BenchConfig", "run_benchmark"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: ``fasterrcnn_fpn`` is build_detector's model as a recipe builds it; ``--fpn`` is build_fpn's FPN."""
 
 RESULT_FIELDS: tuple[str, ...] = (
     "backbone", "device", "batch_size", "input_size", "fpn", "impl", "mode", "dtype", "channels_last", "compiled",
@@ -45,17 +59,6 @@ RESULT_FIELDS: tuple[str, ...] = (
     "ceiling_fraction", "ratio_vs", "max_abs_diff", "max_rel_diff", "setup_s", "repeats",
 )  # fmt: skip
 """Fields of every row of ``results`` in the JSON (all present, ``None`` where not measured)."""
-
-TRAIN_FIELDS: tuple[str, ...] = (
-    "backbone", "device", "batch_size", "input_size", "model", "grad_checkpointing", "checkpoint_stages", "amp_bf16",
-    "status", "note",
-    "images_per_s", "step_ms_p50", "step_ms_p95", "peak_memory_mib", "memory_method", "peak_rss_mib", "memory_saving",
-    "time_overhead", "setup_s", "repeats",
-)  # fmt: skip
-"""Fields of every row of ``train`` in the JSON."""
-
-_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 
 
 def _check_tuple(name: str, values: Any, allowed: tuple[str, ...] | None = None) -> tuple:
@@ -78,13 +81,15 @@ class BenchConfig:
         batch_sizes: Images per forward.
         input_sizes: Square input sizes in pixels.
         devices: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CPU, plus CUDA when present).
-        modes: Our modes, keys of :data:`~resbackbone.bench.models.MODES`.
+        modes: Our modes, keys of :data:`~resbackbone.bench.candidates.MODES`.
         competitors: Libraries run side by side, keys of ``COMPETITORS`` (may be empty).
-        fpn: Time backbone + a torchvision FPN instead of the backbone alone.
+        fpn: Time backbone + the FPN :func:`~resbackbone.build_fpn` puts on it
+            (torchvision's ``FeaturePyramidNetwork`` and a max-pool level) instead of the backbone alone.
         fpn_channels: FPN output channels.
         inference: Run the inference comparison.
         train: Add forward+backward figures with and without gradient checkpointing.
-        train_models: ``"backbone"`` and/or ``"fasterrcnn_fpn"``.
+        train_models: ``"backbone"`` (:func:`~resbackbone.create_backbone`'s) and/or
+            ``"fasterrcnn_fpn"`` (:func:`~resbackbone.build_detector`'s, as a recipe builds it).
         train_amp: Train steps under bf16 autocast.
         train_checkpointing: What the checkpointed steps pass to
             ``set_grad_checkpointing``: ``True`` (the backbone's default, the
@@ -97,6 +102,9 @@ class BenchConfig:
         allow_emulated: Run bf16/fp16 modes on a device without native support
             (otherwise they are reported as skipped).
         ceiling_s: Seconds spent timing each ceiling matmul.
+        train_model_options: Fields of a recipe's ``model:`` section for ``fasterrcnn_fpn``
+            over the recipe's defaults, from :data:`~resbackbone.bench.train_step.DETECTOR_OPTIONS`,
+            e.g. ``{"levels": ["C3", "C4", "C5"], "fpn_channels": 128}`` (a CPU recipe's).
     """
 
     backbones: tuple[str, ...] = ("resnet50",)
@@ -118,6 +126,7 @@ class BenchConfig:
     seed: int = 0
     allow_emulated: bool = False
     ceiling_s: float = 1.0
+    train_model_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.backbones = _check_tuple("backbones", self.backbones)
@@ -128,6 +137,14 @@ class BenchConfig:
         _check_tuple("competitors", self.competitors or ("timm",), tuple(COMPETITORS))
         self.devices = _check_tuple("devices", self.devices, ("auto", "cpu", "cuda"))
         self.train_models = _check_tuple("train_models", self.train_models, TRAIN_MODELS)
+        if not isinstance(self.train_model_options, Mapping):
+            raise TypeError(
+                f"train_model_options={self.train_model_options!r} is not valid: expected a dict of recipe "
+                "model fields, such as {'fpn_channels': 128}."
+            )
+        self.train_model_options = dict(self.train_model_options)
+        if self.train_model_options:
+            detector_recipe(self.backbones[0], weights=self.weights, options=self.train_model_options)
         if self.train_checkpointing is False:
             raise ValueError("train_checkpointing=False would time two plain steps: pass True or stage names.")
         if self.train_checkpointing is not True:
@@ -154,40 +171,13 @@ class BenchConfig:
 
 
 def _macs(name: str, size: int, fpn_channels: int | None) -> float:
-    """MACs of one image through the C2–C5 trunk (and FPN), counted on the meta device."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """MACs of one image through the C2–C5 trunk (and the FPN), counted on the meta device."""
+    from ..heads import build_fpn  # torchvision: not at start-up
 
     with torch.device("meta"):
         backbone = create_backbone(name).eval()
-        fpn = _make_fpn(backbone, fpn_channels, 0) if fpn_channels else None
-        x = torch.empty(1, backbone.in_chans, size, size)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        out = backbone(x)
-        if fpn is not None:
-            fpn(out)
-    return counter.get_total_flops() / 2
-
-
-def _probe_args(key: str) -> tuple[torch.dtype, bool]:
-    """The dtype and TF32 switch of a ceiling key (``"tf32"`` is fp32 with TF32 allowed, CUDA only)."""
-    return (torch.float32, True) if key == "tf32" else (_DTYPES[key], False)
-
-
-def _ceilings(device: torch.device, dtypes: set[torch.dtype], budget_s: float) -> dict[str, float]:
-    keys = [_DTYPE_NAMES[d] for d in sorted(dtypes, key=str)]
-    if device.type == "cuda" and "fp32" in keys:
-        keys.append("tf32")
-    ceilings = {}
-    for key in keys:
-        dtype, tf32 = _probe_args(key)
-        ceilings[key] = matmul_ceiling(device, dtype, budget_s=budget_s, tf32=tf32)
-    return ceilings
-
-
-def _ceiling_key(dtype: torch.dtype, device: torch.device) -> str:
-    if dtype == torch.float32 and device.type == "cuda" and torch.backends.cudnn.allow_tf32:
-        return "tf32"  # cuDNN convolutions run in TF32 by default
-    return _DTYPE_NAMES[dtype]
+        model = build_fpn(backbone, out_channels=fpn_channels).eval() if fpn_channels else backbone
+    return count_macs(model, (1, backbone.in_chans, size, size))
 
 
 def _differences(outputs: list[Tensor], reference: list[Tensor]) -> tuple[float, float]:
@@ -227,7 +217,7 @@ def _run_config(
         "repeats": config.repeats,
     }
     reference_model: Backbone = build_reference(name, weights=config.weights, seed=config.seed, device=device)
-    fpn = _make_fpn(reference_model, config.fpn_channels, config.seed).to(device) if config.fpn else None
+    fpn = make_fpn(reference_model, config.fpn_channels, config.seed).to(device) if config.fpn else None
     x = torch.randn(
         batch, reference_model.in_chans, size, size, generator=torch.Generator().manual_seed(config.seed)
     ).to(device)
@@ -237,12 +227,12 @@ def _run_config(
     jobs = [("resbackbone", mode) for mode in config.modes] + [(impl, "eager") for impl in config.competitors]
     for impl, mode in jobs:
         dtype = MODES[mode].dtype if impl == "resbackbone" else torch.float32
-        row = _empty_row(**base, impl=impl, mode=mode, dtype=_DTYPE_NAMES[dtype])
+        row = _empty_row(**base, impl=impl, mode=mode, dtype=DTYPE_NAMES[dtype])
         rows.append(row)
         if not native_low_precision(device, dtype) and not config.allow_emulated:
             row.update(
                 status="skipped",
-                note=f"{_DTYPE_NAMES[dtype]} is emulated on this {device.type}, not native "
+                note=f"{DTYPE_NAMES[dtype]} is emulated on this {device.type}, not native "
                 "(no AVX512-BF16/AMX); --allow-emulated runs it anyway, slowly",
             )
             continue
@@ -292,8 +282,9 @@ def _run_config(
         row.update(peak_memory_mib=peak.mib, memory_method=peak.method, peak_rss_mib=peak.rss_mib)
 
     # The ceiling matmuls join the rounds: the fraction of the ceiling compares like with like
-    keys = sorted({_ceiling_key(c.dtype, device) for c, _ in candidates})
-    probes = {key: MatmulProbe(device, _probe_args(key)[0], tf32=_probe_args(key)[1]) for key in keys}
+    keys = sorted({ceiling_key(c.dtype, device) for c, _ in candidates})
+    settings = {key: ceiling_settings(key) for key in keys}
+    probes = {key: MatmulProbe(device, dtype, tf32=tf32) for key, (dtype, tf32) in settings.items()}
     times: dict[int, list[float]] = {id(c): [] for c, _ in candidates}
     probe_times: dict[str, list[float]] = {key: [] for key in probes}
     with torch.inference_mode():
@@ -312,7 +303,7 @@ def _run_config(
             latency_ms_min=min(times[id(candidate)]) * 1e3,
             gflops_per_s=2 * macs * batch / p50 / 1e9,
         )
-        key = _ceiling_key(candidate.dtype, device)
+        key = ceiling_key(candidate.dtype, device)
         row.update(ceiling_key=key, ceiling_gflops_per_s=same_run[key])
         row["ceiling_fraction"] = row["gflops_per_s"] / same_run[key]
     speeds = {
@@ -338,7 +329,7 @@ def run_benchmark(config: BenchConfig, *, command: str | None = None) -> dict[st
         The JSON-ready result: ``schema_version``, ``created``, ``command``,
         ``config``, ``machine``, ``ceilings`` (GFLOP/s by device and dtype),
         ``results`` (rows with :data:`RESULT_FIELDS`) and ``train`` (rows with
-        :data:`TRAIN_FIELDS`). See ``benchmarks/README.md``.
+        :data:`~resbackbone.bench.train_step.TRAIN_FIELDS`). See ``benchmarks/README.md``.
 
     Example:
         >>> result = run_benchmark(BenchConfig(backbones=("resnet18",), batch_sizes=(1,), input_sizes=(64,)))
@@ -358,8 +349,8 @@ def run_benchmark(config: BenchConfig, *, command: str | None = None) -> dict[st
     for device in config.resolved_devices():
         dtypes = {torch.float32} | {MODES[m].dtype for m in config.modes}
         dtypes = {d for d in dtypes if d == torch.float32 or d == torch.bfloat16 or native_low_precision(device, d)}
-        _log(f"[{device.type}] matmul ceilings for {sorted(_DTYPE_NAMES[d] for d in dtypes)} …")
-        document["ceilings"][device.type] = _ceilings(device, dtypes, config.ceiling_s)
+        _log(f"[{device.type}] matmul ceilings for {sorted(DTYPE_NAMES[d] for d in dtypes)} …")
+        document["ceilings"][device.type] = matmul_ceilings(device, dtypes, budget_s=config.ceiling_s)
         for name in config.backbones:
             for size in config.input_sizes:
                 macs = _macs(name, size, config.fpn_channels if config.fpn else None)
@@ -381,6 +372,7 @@ def run_benchmark(config: BenchConfig, *, command: str | None = None) -> dict[st
                             repeats=config.repeats,
                             amp=config.train_amp,
                             checkpointing=config.train_checkpointing,
+                            options=config.train_model_options,
                         )
     document["machine"]["load_average_end"] = machine_info()["load_average"]
     document["duration_s"] = time.perf_counter() - started
