@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resbackbone import build_detector, build_fpn, cli, create_backbone, heads
+from resbackbone import build_detector, build_fpn, cli, create_backbone
 from resbackbone.bench import (
     RESULT_FIELDS,
     TRAIN_FIELDS,
@@ -25,6 +25,7 @@ from resbackbone.bench import (
 from resbackbone.bench.candidates import make_fpn
 from resbackbone.bench.machine import ceiling_settings
 from resbackbone.bench.train_step import build_train_model
+from resbackbone.engine import builders
 
 TOP_LEVEL = {"schema_version", "created", "command", "config", "machine", "ceilings", "results", "train", "duration_s"}
 MACHINE = {"cpu_model", "cpu_flags", "cpu_cores", "torch_threads", "gpus", "versions", "load_average", "platform"}
@@ -181,7 +182,7 @@ def test_recipe_options_reach_build_detector(monkeypatch: pytest.MonkeyPatch) ->
         seen.update(kwargs, arch=arch)
         raise InterruptedError  # what the bench passed is known: no need to time it
 
-    monkeypatch.setattr(heads, "build_detector", recording)
+    monkeypatch.setattr(builders, "build_detector", recording)  # what resbackbone finetune calls, too
     config = _tiny(inference=False, train=True, train_models=("fasterrcnn_fpn",), train_model_options=options)
     with pytest.raises(InterruptedError):
         run_benchmark(config)

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ..backbone import Backbone, create_backbone
-from ..specs import LEVELS
+from ..backbone import Backbone
 from .candidates import build_reference, randomise_norms
 from .machine import PeakMemory, median, percentile, timed
 
@@ -106,36 +105,11 @@ def build_train_model(
         return body.train(), body
     if kind != "fasterrcnn_fpn":
         raise ValueError(f"Unknown training model {kind!r}: expected one of {TRAIN_MODELS}.")
-    from ..heads import build_detector  # torchvision: not at start-up
+    from ..engine.builders import build_model_from_config  # torchvision: not at start-up
 
-    m = detector_recipe(name, weights=weights, options=options)
     torch.manual_seed(seed)
-    backbone: str | Backbone = m.backbone
-    backbone_weights = m.backbone_weights
-    if m.norm is not None:  # as resbackbone finetune does: the backbone built with the recipe's norm
-        backbone = create_backbone(
-            m.backbone,
-            weights=backbone_weights,
-            out_levels=tuple(m.levels or LEVELS),
-            in_chans=m.in_chans,
-            norm=m.norm,
-            trainable_stages=m.trainable_stages,
-        )
-        backbone_weights = None
-    model = build_detector(
-        "faster_rcnn",
-        backbone=backbone,
-        num_classes=NUM_CLASSES,
-        backbone_weights=backbone_weights,
-        trainable_stages=m.trainable_stages,
-        in_chans=m.in_chans,
-        min_size=m.min_size or size,
-        max_size=m.max_size or size,
-        anchor_sizes=m.anchor_sizes,
-        score_thresh=m.score_thresh,
-        levels=m.levels,
-        fpn_channels=m.fpn_channels,
-        **m.head_options,
+    model = build_model_from_config(
+        detector_recipe(name, weights=weights, options=options), num_classes=NUM_CLASSES, image_side=size
     )
     if weights is None:
         randomise_norms(model, seed)

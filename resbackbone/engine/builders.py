@@ -8,46 +8,54 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbone import Backbone
-from ..recipes import OptimConfig, Recipe
+from ..backbone import Backbone, create_backbone
+from ..heads import DETECTORS, SEGMENTERS, build_detector, build_segmenter
+from ..recipes import ModelConfig, OptimConfig, Recipe
+from ..specs import LEVELS
 
-__all__ = ["build_model", "build_optimizer", "build_scheduler", "find_backbone", "input_normalization"]
-
-
-_HEAD_LEVELS: dict[str, tuple[str, ...]] = {
-    "faster_rcnn": ("C2", "C3", "C4", "C5"),
-    "retinanet": ("C3", "C4", "C5"),
-    "deeplabv3": ("C5",),
-    "deeplabv3plus": ("C2", "C3", "C4", "C5"),
-    "fpn": ("C2", "C3", "C4", "C5"),
-    "unet": ("C2", "C3", "C4", "C5"),
-}
+__all__ = [
+    "build_model",
+    "build_model_from_config",
+    "build_optimizer",
+    "build_scheduler",
+    "find_backbone",
+    "input_normalization",
+]
 
 
 def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
-    """The detector or segmenter a recipe describes.
+    """The detector or segmenter a recipe describes (:func:`build_model_from_config` at the recipe's image size)."""
+    return build_model_from_config(recipe.model, num_classes=num_classes, image_side=max(recipe.data.size_hw))
+
+
+def build_model_from_config(m: ModelConfig, *, num_classes: int, image_side: int) -> nn.Module:
+    """The detector or segmenter a recipe's ``model:`` section describes, as ``resbackbone finetune`` builds it.
 
     ``num_classes`` counts what the head predicts: object classes plus
     background for detection, mask classes (background included) for segmentation.
     With ``model.norm`` unset each head picks its norm (frozen BN for pretrained
     detectors, as torchvision does); set, the backbone is built here with it.
-    """
-    from ..backbone import create_backbone
-    from ..heads import build_detector, build_segmenter
 
-    m = recipe.model
+    Args:
+        m: The ``model:`` section.
+        num_classes: Classes the head predicts.
+        image_side: A detector's ``min_size``/``max_size`` where the section leaves them unset.
+    """
     backbone_weights = m.backbone_weights if m.weights is None else None
-    detection = recipe.task == "detection"
+    detection = m.task == "detection"
     backbone: str | Backbone = m.backbone
     if m.norm is not None:
-        levels = tuple(m.levels) if m.levels else _HEAD_LEVELS[m.head]
-        if m.head == "deeplabv3" and m.aux_loss:
-            levels = ("C4", "C5")
+        if detection:
+            levels, output_stride = tuple(m.levels or DETECTORS[m.head].levels), 32
+        else:
+            spec = SEGMENTERS[m.head]
+            levels = tuple(lv for lv in LEVELS if lv in spec.reads or (m.aux_loss and lv == "C4"))
+            output_stride = m.output_stride or spec.output_strides[0]
         backbone = create_backbone(
             m.backbone,
             weights=backbone_weights,
             out_levels=levels,
-            output_stride=32 if detection else (m.output_stride or (16 if m.head.startswith("deeplab") else 32)),
+            output_stride=output_stride,
             in_chans=m.in_chans,
             norm=m.norm,
             trainable_stages=m.trainable_stages,
@@ -62,12 +70,11 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
         "in_chans": m.in_chans,
     }
     if detection:
-        side = max(recipe.data.size_hw)
         model = build_detector(
             m.head,
             **common,
-            min_size=m.min_size or side,
-            max_size=m.max_size or side,
+            min_size=m.min_size or image_side,
+            max_size=m.max_size or image_side,
             anchor_sizes=m.anchor_sizes,
             score_thresh=m.score_thresh,
             levels=m.levels,

@@ -4,22 +4,25 @@
 - :mod:`~resbackbone.heads.detection`: :func:`build_detector` (Faster R-CNN,
   RetinaNet), one :class:`DetectorSpec` per architecture.
 - :mod:`~resbackbone.heads.segmentation`: :func:`build_segmenter` (DeepLabV3
-  through torchvision; DeepLabV3+, FPN and U-Net through smp).
+  through torchvision; DeepLabV3+, FPN and U-Net through smp), one
+  :class:`SegmenterSpec` per head.
 - :mod:`~resbackbone.heads.smp`: :func:`~resbackbone.heads.smp.register_smp_encoders`
   makes every backbone a ``segmentation_models_pytorch`` encoder (imports smp).
 """
 
 from .detection import DETECTOR_ARCHS, DETECTORS, DetectorSpec, build_detector
 from .fpn import FeaturePyramid, build_fpn
-from .segmentation import SEGMENTER_ARCHS, Segmenter, build_segmenter
+from .segmentation import SEGMENTER_ARCHS, SEGMENTERS, Segmenter, SegmenterSpec, build_segmenter
 
 __all__ = [
     "DETECTORS",
     "DETECTOR_ARCHS",
+    "SEGMENTERS",
     "SEGMENTER_ARCHS",
     "DetectorSpec",
     "FeaturePyramid",
     "Segmenter",
+    "SegmenterSpec",
     "build_detector",
     "build_fpn",
     "build_segmenter",
