@@ -28,6 +28,12 @@ def test_info(capsys: pytest.CaptureFixture[str]) -> None:
     assert "GMACs at 224×224: 1.81" in out
     assert "  C5          512         32         16         8" in out
     assert "torchvision:IMAGENET1K_V1" in out and "timm:a1_in1k" in out
+    assert "stem: one 7×7 convolution; first conv conv1 " in out
+
+
+def test_info_names_the_deep_stem_from_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "resnet50d"]) == 0
+    assert "stem: three 3×3 convolutions; first conv conv1.0 " in capsys.readouterr().out
 
 
 def test_info_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
