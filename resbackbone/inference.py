@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
-
 from . import optimize
+from .deprecation import moved_names
 
-_MOVED = (
+MOVED = (
     "CompileFallbackWarning",
     "InferenceBackbone",
     "compile_frozen",
@@ -15,16 +13,4 @@ _MOVED = (
     "native_low_precision",
     "optimize_for_inference",
 )
-
-__all__ = list(_MOVED)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        warnings.warn(
-            f"resbackbone.inference.{name} moved to resbackbone.optimize.{name}; import it from there.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(optimize, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(__name__, optimize, MOVED)

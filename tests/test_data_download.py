@@ -439,6 +439,9 @@ def test_cli_list_and_download(
 
 def test_old_download_module_path_warns_and_works(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "resbackbone.data.download", raising=False)
-    with pytest.warns(DeprecationWarning, match=r"resbackbone\.data\.download moved to resbackbone\.data\.acquire"):
-        old = importlib.import_module("resbackbone.data.download")
-    assert old.DATASETS is DATASETS and old.download_dataset is download_dataset and old.get_entry is get_entry
+    old = importlib.import_module("resbackbone.data.download")
+    moved = r"resbackbone\.data\.download\.download_dataset moved to resbackbone\.data\.acquire\.download"
+    with pytest.warns(DeprecationWarning, match=moved):
+        assert old.download_dataset is download_dataset
+    with pytest.warns(DeprecationWarning):
+        assert old.DATASETS is DATASETS and old.get_entry is get_entry

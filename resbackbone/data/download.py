@@ -1,38 +1,13 @@
-"""Deprecated path of :mod:`resbackbone.data.acquire.download`; import from :mod:`resbackbone.data.acquire`.
+"""Deprecated: dataset downloads moved to :mod:`resbackbone.data.acquire.download`.
 
-Kept so that ``from resbackbone.data.download import download_dataset`` (and
-``DATASETS``, ``get_entry``, …) goes on working; importing it warns once.
+``from resbackbone.data.download import download_dataset`` (and ``DATASETS``,
+``get_entry``, …) goes on working, with a warning naming the new path.
 """
 
-import warnings
+from __future__ import annotations
 
-from .acquire.download import (
-    DATASETS,
-    MANIFEST,
-    Archive,
-    DatasetEntry,
-    UnverifiedArchiveError,
-    data_yaml,
-    download_dataset,
-    get_entry,
-    manual_instructions,
-)
+from ..deprecation import moved_names
+from .acquire import download
 
-__all__ = [
-    "DATASETS",
-    "MANIFEST",
-    "Archive",
-    "DatasetEntry",
-    "UnverifiedArchiveError",
-    "data_yaml",
-    "download_dataset",
-    "get_entry",
-    "manual_instructions",
-]
-
-warnings.warn(
-    "resbackbone.data.download moved to resbackbone.data.acquire.download; "
-    "import from resbackbone.data.acquire instead (e.g. from resbackbone.data.acquire import download_dataset)",
-    DeprecationWarning,
-    stacklevel=2,
-)
+MOVED = tuple(download.__all__)
+__getattr__ = moved_names(__name__, download, MOVED)
