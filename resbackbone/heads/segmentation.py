@@ -115,7 +115,7 @@ class Segmenter(nn.Module):
             )
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % self.size_divisor, -width % self.size_divisor
-        if pad_h or pad_w:
+        if self.size_divisor > 1:  # unconditional: an exported graph must pad at every size
             x = F.pad(x, (0, pad_w, 0, pad_h))
         out, c4 = self._logits(x)
         out = out[..., :height, :width]
