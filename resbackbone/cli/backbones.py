@@ -7,7 +7,9 @@ import sys
 
 from .common import Subparsers
 
-__all__ = ["add_parsers"]
+__all__ = ["COMMANDS", "add_parsers"]
+
+COMMANDS = ("list", "info")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

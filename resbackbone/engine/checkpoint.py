@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from ..recipes import Recipe
+from ..runtime import atomic_write, atomic_write_bytes
 from .builders import build_model
 
 __all__ = [
@@ -50,38 +50,12 @@ __all__ = [
 BEST_FORMAT = "resbackbone.best"
 """The ``format`` entry of a ``best.pt`` (:func:`best_state`)."""
 
-_PARTIAL = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what _atomic's mkstemp names look like
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    _atomic(Path(path), lambda f: f.write(data))
+_PARTIAL = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what atomic_write's mkstemp names look like
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """``torch.save`` ``state`` to ``path`` atomically."""
-    _atomic(Path(path), lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def best_state(
