@@ -10,11 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import backbones, bench, data, training
+from . import backbones, benchmark, datasets, training
 
 __all__ = ["build_parser", "main"]
 
-COMMAND_GROUPS = (backbones, training, data, bench)
+COMMAND_GROUPS = (backbones, training, datasets, benchmark)
 """Modules whose ``add_parsers(sub)`` add the commands, in the order ``--help`` lists them."""
 
 

@@ -50,9 +50,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     params = sum(p.numel() for p in backbone.parameters())
     print(f"  parameters: {params / 1e6:.2f} M (C2–C5 trunk, no classifier)")
     print(f"  GMACs at 224×224: {count_macs(spec.name) / 1e9:.2f}")
-    stem = {"7x7": "one 7×7 convolution", "deep": "three 3×3 convolutions"}.get(
-        spec.stem or "", spec.stem or "not recorded"
-    )
+    stem = {"7x7": "one 7×7 convolution", "deep": "three 3×3 convolutions"}.get(backbone.stem_type, backbone.stem_type)
     print(f"  stem: {stem}; first conv {backbone.first_conv} (adapted for in_chans ≠ 3)")
     print(f"  {'level':<6}{'channels':>9}{'stride@32':>11}{'stride@16':>11}{'stride@8':>10}")
     for i, level in enumerate(info):

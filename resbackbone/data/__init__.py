@@ -12,7 +12,7 @@ Example:
     >>> image, mask = ds[0]  # float32 [3, 128, 128], int64 [128, 128]
 """
 
-from .acquire.shapes import ensure_shapes_dataset, verify_shapes_dataset
+from .acquire.shapes_generator import ensure_shapes_dataset, verify_shapes_dataset
 from .check import check_dataset
 from .config import FORMAT_TASKS, FORMATS, DataConfig, SplitSpec
 from .datasets import DetectionDataset, SegmentationDataset, build_dataset, detection_collate, image_to_tensor

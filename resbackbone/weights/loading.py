@@ -123,7 +123,9 @@ def match_keys(
     Args:
         state: Checkpoint ``{key: tensor}``, keys named as in ``target``.
         target: The model's state dict (only keys and shapes are read).
-        ignore: Key prefix → reason, for parts of the checkpoint left out on purpose.
+        ignore: Key prefix → reason, for parts of the checkpoint the model does not
+            have on purpose (a classifier, an auxiliary head not built). A key the
+            model has is loaded whatever its prefix.
         reinit: Key prefixes of class-dependent layers: a shape mismatch there keeps
             the model's fresh initialisation and is reported as ignored.
         known: For a key the model lacks, the reason to ignore it, or ``None`` when
@@ -132,16 +134,16 @@ def match_keys(
             ``None`` to leave it as it is (the first conv for ``in_chans != 3``).
 
     Returns:
-        The :class:`KeyMatch`; batch-norm counters are never missing nor unexpected.
+        The :class:`KeyMatch`; batch-norm counters are never missing nor unexpected,
+        and every model key is loaded, missing, mismatched or (class-dependent) re-initialised.
     """
     ignore = dict(ignore or {})
     reinit = tuple(reinit)
     out = KeyMatch()
+    reinitialised: set[str] = set()
     for key, value in state.items():
         reason = next((why for prefix, why in ignore.items() if key.startswith(prefix)), None)
-        if reason is not None:
-            out.ignored[key] = reason
-        elif key in target:
+        if key in target:
             want = target[key]
             if adapt is not None and value.shape != want.shape:
                 fitted = adapt(key, value, want)
@@ -152,15 +154,18 @@ def match_keys(
                 out.loaded[key] = value
             elif key.startswith(reinit) and reinit:
                 out.ignored[key] = "class-dependent, re-initialised (num_classes differs)"
+                reinitialised.add(key)
             else:
                 out.mismatched.append((key, tuple(value.shape), tuple(want.shape)))
+        elif reason is not None:  # a part left out, its batch-norm counters included
+            out.ignored[key] = reason
         elif key.endswith("num_batches_tracked"):
             out.ignored[key] = "batch-norm counter"
         elif known is not None and (why := known(key)) is not None:
             out.ignored[key] = why
         else:
             out.unexpected.append(key)
-    settled = set(out.loaded) | set(out.ignored) | {m[0] for m in out.mismatched}
+    settled = set(out.loaded) | reinitialised | {m[0] for m in out.mismatched}
     out.missing = [k for k in target if k not in settled and not k.endswith("num_batches_tracked")]
     return out
 

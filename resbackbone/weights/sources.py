@@ -85,7 +85,7 @@ def cached_path(url: str, fallback: str = "download.pth") -> tuple[Path, str | N
     return cache_dir() / name, prefix.group(1) if prefix else None
 
 
-def torchvision_weight(builder: str, tag: str, *, label: str, owner: str | None = None) -> Any:
+def torchvision_weight(builder: str, tag: str, *, label: str, owner: str | None = None, context: str = "") -> Any:
     """The member ``tag`` of the weight enum of torchvision's model builder ``builder``.
 
     Args:
@@ -93,6 +93,7 @@ def torchvision_weight(builder: str, tag: str, *, label: str, owner: str | None 
         tag: The member's name (``"IMAGENET1K_V2"``).
         label: The weight string as the user wrote it, for the message.
         owner: What the message says the weights are for; ``builder`` by default.
+        context: What starts the message (``"build_detector(): "``).
 
     Raises:
         ValueError: ``tag`` is not a member; the message lists the members as weight strings.
@@ -105,7 +106,7 @@ def torchvision_weight(builder: str, tag: str, *, label: str, owner: str | None 
     except KeyError:
         choices = ", ".join(f"'torchvision:{m}'" for m in _torchvision_tags(builder))
         raise ValueError(
-            f"{label!r} is not a torchvision weight of {owner or builder}; choose one of {choices}."
+            f"{context}{label!r} is not a torchvision weight of {owner or builder}; choose one of {choices}."
         ) from None
 
 
