@@ -15,12 +15,21 @@
 from .adapt import adapt_first_conv, adapt_stats
 from .cache import DownloadError, cache_dir, download_url, sha256_file
 from .files import CHECKPOINT_SUFFIXES, read_checkpoint, torch_load, unwrap_state_dict
-from .loading import LoadReport, load_weights, match_backbone_state, match_keys, read_weights
-from .sources import ResolvedWeights, WeightsArg, cached_path, resolve_weights, torchvision_weight, weight_tags
+from .loading import KeyMatch, LoadReport, detect_prefix, load_weights, match_backbone_state, match_keys, read_weights
+from .sources import (
+    ResolvedWeights,
+    WeightsArg,
+    cached_path,
+    resolve_url,
+    resolve_weights,
+    torchvision_weight,
+    weight_tags,
+)
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
     "DownloadError",
+    "KeyMatch",
     "LoadReport",
     "ResolvedWeights",
     "WeightsArg",
@@ -28,12 +37,14 @@ __all__ = [
     "adapt_stats",
     "cache_dir",
     "cached_path",
+    "detect_prefix",
     "download_url",
     "load_weights",
     "match_backbone_state",
     "match_keys",
     "read_checkpoint",
     "read_weights",
+    "resolve_url",
     "resolve_weights",
     "sha256_file",
     "torch_load",

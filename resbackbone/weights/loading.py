@@ -22,7 +22,16 @@ from .adapt import adapt_first_conv
 from .files import read_checkpoint, unwrap_state_dict
 from .sources import WeightsArg, resolve_weights
 
-__all__ = ["LoadReport", "detect_prefix", "load_weights", "match_backbone_state", "match_keys", "read_weights"]
+__all__ = [
+    "KeyMatch",
+    "LoadReport",
+    "detect_prefix",
+    "load_weights",
+    "match_backbone_state",
+    "match_keys",
+    "preview",
+    "read_weights",
+]
 
 STATS = ("running_mean", "running_var", "num_batches_tracked")
 """Buffers of a batch norm, which GroupNorm and frozen layers do without."""

@@ -29,6 +29,7 @@ __all__ = [
     "ResolvedWeights",
     "WeightsArg",
     "cached_path",
+    "resolve_url",
     "resolve_weights",
     "torchvision_weight",
     "weight_tags",
