@@ -19,6 +19,7 @@ from .datasets import DetectionDataset, SegmentationDataset, build_dataset, dete
 from .images import read_image, read_mask
 from .index import class_names, has_split
 from .problems import DataError, DataWarning, Problem
+from .subsets import TrainSubset, subset_indices, take_train_subset
 from .transforms import build_transforms
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Problem",
     "SegmentationDataset",
     "SplitSpec",
+    "TrainSubset",
     "build_dataset",
     "build_transforms",
     "check_dataset",
@@ -41,5 +43,7 @@ __all__ = [
     "image_to_tensor",
     "read_image",
     "read_mask",
+    "subset_indices",
+    "take_train_subset",
     "verify_shapes_dataset",
 ]
