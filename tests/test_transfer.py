@@ -1,15 +1,17 @@
 """A backbone from any run: a fine-tuning checkpoint of one head is the backbone_weights of another recipe (a
 segmentation run's backbone goes into a detection recipe and back), loads into create_backbone with zero missing
-keys and the run's mean/std."""
+keys and the run's mean/std, and `resbackbone backbone export` writes it alone."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from resbackbone import create_backbone
+from resbackbone.cli import main
 from resbackbone.engine import Trainer
 from resbackbone.engine.builders import find_backbone
 from resbackbone.engine.checkpoint import load_checkpoint
@@ -74,3 +76,32 @@ def test_a_run_backbone_into_another_architecture_names_both(seg_run: Path) -> N
         r"The file records a 'test_resnet' backbone",
     ):
         create_backbone("test_resnet_bottleneck", weights=str(seg_run / "best.pt"))
+
+
+def test_backbone_export_writes_the_backbone_alone(
+    seg_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["backbone", "export", str(seg_run), "--out", str(tmp_path / "shared")]) == 0
+    out = capsys.readouterr().out
+    assert "fine-tuned in 'dsb2018_deeplabv3plus_cpu' (deeplabv3plus)" in out
+    assert "prefix 'model.encoder.backbone.'" in out
+    meta = json.loads((tmp_path / "shared" / "backbone.json").read_text())
+    assert meta["architecture"] == "test_resnet" and meta["origin"]["exported_from"].endswith("best.pt")
+    assert meta["file"]["name"] == "backbone.safetensors" and len(meta["file"]["sha256"]) == 64
+    from safetensors.torch import load_file
+
+    exported = load_file(tmp_path / "shared" / "backbone.safetensors")
+    assert set(exported) == set(create_backbone("test_resnet").state_dict())  # no head, no optimiser
+    assert create_backbone("test_resnet", weights=str(tmp_path / "shared")).load_report.ok
+    assert main(["info", str(tmp_path / "shared" / "backbone.json")]) == 0
+    assert "classes: background, nucleus" in capsys.readouterr().out
+
+
+def test_export_of_a_file_that_records_no_backbone(tmp_path: Path) -> None:
+    torch.save(create_backbone("test_resnet").state_dict(), tmp_path / "plain.pth")
+    with pytest.raises(ValueError, match=r"plain\.pth records no backbone .* create_backbone\(NAME, weights=FILE\)"):
+        from resbackbone.pretrain import export_backbone
+
+        export_backbone(tmp_path / "plain.pth", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert main(["backbone", "export", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")]) == 2
