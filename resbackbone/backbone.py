@@ -45,7 +45,7 @@ from .stages import (
     run_checkpointed,
     unstaged_children,
 )
-from .weights import LoadReport, WeightsArg, adapt_stats, match_backbone_state, read_weights
+from .weights import LoadReport, WeightsArg, adapt_stats, load_weights
 
 __all__ = ["Backbone", "adapt_stats", "check_input", "create_backbone"]
 
@@ -188,11 +188,14 @@ class Backbone(FineTuningMixin, nn.Module):
         The classifier is dropped, keys of removed stages and batch-norm statistics
         GroupNorm has no use for are ignored, and the first convolution is adapted
         when ``in_chans != 3``; everything else must match. Sets :attr:`weights`,
-        :attr:`load_report` and, where the weights record them, :attr:`mean`/:attr:`std`.
+        :attr:`load_report` and, where the weights record them, :attr:`mean`/:attr:`std`
+        (a run's ``best.pt`` or an exported ``backbone.safetensors`` records them).
 
         Args:
             source: A weight string (``"imagenet"``, ``"torchvision:<TAG>"``,
-                ``"timm:<tag>"``, ``"https://…#sha256=<hex>"``), a path or a state dict.
+                ``"timm:<tag>"``, ``"https://…#sha256=<hex>"``), a path (a checkpoint,
+                a run's ``best.pt``, an exported ``backbone.safetensors``, a run folder)
+                or a state dict.
             strict: Raise when keys are missing, unexpected or of another shape.
             progress: Show a progress bar while downloading.
             label: What to call the weights in :attr:`weights` and the report
@@ -209,30 +212,7 @@ class Backbone(FineTuningMixin, nn.Module):
             >>> print(create_backbone("resnet50").load_weights("torchvision:IMAGENET1K_V2"))
             LoadReport(torchvision:IMAGENET1K_V2: 318 loaded; ignored: 2 classifier)
         """
-        read_label, state, wspec = read_weights(self.spec, source, progress=progress)
-        label = label or read_label
-        loaded, report = match_backbone_state(
-            state,
-            self.state_dict(),
-            reference_keys=self.reference_keys,
-            classifier=self.classifier,
-            first_conv=self.first_conv,
-            in_chans=self.in_chans,
-            label=label,
-            name=self.name,
-        )
-        if strict and not report.ok:
-            raise ValueError(
-                f"Checkpoint {label} does not fit backbone {self.name!r}: {report}. Is it a checkpoint of another "
-                "architecture or built with other options? Pass strict=False to load_weights() to load what fits."
-            )
-        self.load_state_dict(loaded, strict=False)
-        self.weights = label
-        self.load_report = report
-        if wspec is not None:
-            self.mean = adapt_stats(wspec.mean, self.in_chans)
-            self.std = adapt_stats(wspec.std, self.in_chans)
-        return report
+        return load_weights(self, source, strict=strict, progress=progress, label=label)
 
     def set_norm(self, norm: str) -> None:
         """Rewrite the batch norms under the policy ``norm``, in place.

@@ -148,14 +148,17 @@ class WeightSpec:
     """Where a checkpoint comes from and how its inputs were normalised.
 
     Attributes:
-        source: ``"torchvision"``, ``"timm"`` or ``"url"``.
+        source: ``"torchvision"``, ``"timm"``, ``"url"`` or ``"file"`` (a local
+            file that records what it holds: a run's checkpoint, an exported backbone).
         ref: The torchvision enum member (``"IMAGENET1K_V2"``), the timm tag
-            (``"a1_in1k"``) or the URL.
+            (``"a1_in1k"``), the URL or the file.
         sha256: Expected sha256 of the file, where known.
         mean: Per-channel mean of the preprocessing, in [0, 1].
         std: Per-channel std of the preprocessing.
         licence: Licence of the weights.
         origin: Who trained them and how, in a phrase.
+        architecture: The registry name the weights were trained as, where the file records it.
+        in_chans: The input channels they were trained with, where the file records it.
     """
 
     source: str
@@ -165,12 +168,16 @@ class WeightSpec:
     std: tuple[float, ...] = IMAGENET_STD
     licence: str = ""
     origin: str = ""
+    architecture: str | None = None
+    in_chans: int | None = None
 
     @property
     def string(self) -> str:
         """The weight string that selects this checkpoint (``"torchvision:IMAGENET1K_V2"``)."""
         if self.source == "url":
             return f"{self.ref}#sha256={self.sha256}" if self.sha256 else self.ref
+        if self.source == "file":
+            return self.ref
         return f"{self.source}:{self.ref}"
 
 

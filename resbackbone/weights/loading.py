@@ -18,8 +18,9 @@ from typing import Any
 from torch import Tensor
 
 from ..specs import BackboneSpec, WeightSpec
-from .adapt import adapt_first_conv
-from .files import read_checkpoint, unwrap_state_dict
+from .adapt import adapt_first_conv, adapt_stats
+from .files import unwrap_state_dict
+from .records import read_backbone_file
 from .sources import WeightsArg, resolve_weights
 
 __all__ = [
@@ -260,9 +261,15 @@ def read_weights(
 ) -> tuple[str, dict[str, Tensor], WeightSpec | None]:
     """Resolve, fetch and read ``source`` for the architecture ``spec``.
 
+    A run's checkpoint (``best.pt``/``last.pt``) or an exported backbone file
+    (``backbone.safetensors`` + ``backbone.json``) comes with the record of its
+    backbone: the returned metadata then carries its mean/std, architecture and
+    ``in_chans`` (see :mod:`~resbackbone.weights.records`).
+
     Args:
         spec: The architecture.
-        source: A weight string, a path or a state dict.
+        source: A weight string, a path (a run folder reads its ``backbone.safetensors``,
+            else ``best.pt``, else ``last.pt``) or a state dict.
         progress: Show a progress bar while downloading.
 
     Returns:
@@ -277,17 +284,70 @@ def read_weights(
     if source is None:
         raise TypeError("weights=None loads nothing: pass a weight string, a path or a state dict.")
     resolved = resolve_weights(spec, source)
-    return resolved.label, read_checkpoint(resolved.fetch(progress=progress)), resolved.spec
+    state, record = read_backbone_file(resolved.fetch(progress=progress), resolved.label)
+    return resolved.label, state, record.weight_spec(resolved.label) if record is not None else resolved.spec
 
 
-def load_weights(backbone: Any, source: WeightsArg, *, strict: bool = True, progress: bool = True) -> LoadReport:
-    """Load a checkpoint into ``backbone``: :meth:`Backbone.load_weights <resbackbone.Backbone.load_weights>`.
+def _recorded_mismatch(wspec: WeightSpec | None, name: str, in_chans: int) -> str:
+    """A sentence for errors when the file records another architecture or other input channels."""
+    if wspec is None or wspec.architecture is None:
+        return ""
+    if wspec.architecture != name:
+        return (
+            f" The file records a {wspec.architecture!r} backbone (in_chans {wspec.in_chans}): build "
+            f"create_backbone({wspec.architecture!r}) / model.backbone: {wspec.architecture}, or pass a {name!r} "
+            "checkpoint."
+        )
+    if wspec.in_chans is not None and wspec.in_chans != in_chans:
+        return (
+            f" The file records in_chans={wspec.in_chans}, this backbone takes in_chans={in_chans}: build it with "
+            f"in_chans={wspec.in_chans} (model.in_chans: {wspec.in_chans})."
+        )
+    return ""
 
-    Kept as a function for code written before the method existed.
+
+def load_weights(
+    backbone: Any, source: WeightsArg, *, strict: bool = True, progress: bool = True, label: str | None = None
+) -> LoadReport:
+    """Load a checkpoint into ``backbone`` and report what happened to every key.
+
+    What :meth:`Backbone.load_weights <resbackbone.Backbone.load_weights>` does
+    (see there); kept as a function for code written before the method existed.
+    Where the file records its backbone (a run's checkpoint, an exported
+    backbone), the backbone takes its mean/std, and an error names the
+    architecture or input channels the file was made for.
 
     Example:
         >>> report = load_weights(create_backbone("resnet50"), "torchvision:IMAGENET1K_V2")
         >>> print(report)
         LoadReport(torchvision:IMAGENET1K_V2: 318 loaded; ignored: 2 classifier)
     """
-    return backbone.load_weights(source, strict=strict, progress=progress)
+    read_label, state, wspec = read_weights(backbone.spec, source, progress=progress)
+    label = label or read_label
+    note = _recorded_mismatch(wspec, backbone.name, backbone.in_chans)
+    try:
+        loaded, report = match_backbone_state(
+            state,
+            backbone.state_dict(),
+            reference_keys=backbone.reference_keys,
+            classifier=backbone.classifier,
+            first_conv=backbone.first_conv,
+            in_chans=backbone.in_chans,
+            label=label,
+            name=backbone.name,
+        )
+    except ValueError as exc:
+        raise ValueError(f"{exc}{note}") from None
+    if strict and not report.ok:
+        why = note or " Is it a checkpoint of another architecture or built with other options?"
+        raise ValueError(
+            f"Checkpoint {label} does not fit backbone {backbone.name!r}: {report}.{why} Pass strict=False to "
+            "load_weights() to load what fits."
+        )
+    backbone.load_state_dict(loaded, strict=False)
+    backbone.weights = label
+    backbone.load_report = report
+    if wspec is not None:
+        backbone.mean = adapt_stats(wspec.mean, backbone.in_chans)
+        backbone.std = adapt_stats(wspec.std, backbone.in_chans)
+    return report
