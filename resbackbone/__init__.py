@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from . import deprecation
+
 __version__ = "0.1.0"
 
 _HOMES = {
@@ -43,6 +45,8 @@ if TYPE_CHECKING:
     from .registry import get_spec, list_backbones, register_backbone, unregister_backbone
     from .specs import LEVELS, FeatureInfo, LevelInfo, StageSpec, WeightSpec
     from .weights import LoadReport, load_weights
+
+deprecation.install()  # old module paths keep working, with a warning naming the new one
 
 
 def __getattr__(name: str) -> object:

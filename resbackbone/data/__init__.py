@@ -21,8 +21,8 @@ import importlib
 from typing import TYPE_CHECKING
 
 _HOMES = {
-    "ensure_shapes_dataset": "acquire.shapes",
-    "verify_shapes_dataset": "acquire.shapes",
+    "ensure_shapes_dataset": "acquire.shapes_generator",
+    "verify_shapes_dataset": "acquire.shapes_generator",
     "check_dataset": "check",
     "FORMAT_TASKS": "config",
     "FORMATS": "config",
@@ -33,10 +33,15 @@ _HOMES = {
     "build_dataset": "datasets",
     "detection_collate": "datasets",
     "image_to_tensor": "datasets",
+    "IMAGE_EXTENSIONS": "images",
+    "probe_image": "images",
     "read_image": "images",
     "read_mask": "images",
     "class_names": "index",
     "has_split": "index",
+    "TrainSubset": "subsets",
+    "subset_indices": "subsets",
+    "take_train_subset": "subsets",
     "DataError": "problems",
     "DataWarning": "problems",
     "Problem": "problems",
@@ -45,13 +50,14 @@ _HOMES = {
 """Public name → the module (below this package) that defines it."""
 
 if TYPE_CHECKING:
-    from .acquire.shapes import ensure_shapes_dataset, verify_shapes_dataset
+    from .acquire.shapes_generator import ensure_shapes_dataset, verify_shapes_dataset
     from .check import check_dataset
     from .config import FORMAT_TASKS, FORMATS, DataConfig, SplitSpec
     from .datasets import DetectionDataset, SegmentationDataset, build_dataset, detection_collate, image_to_tensor
-    from .images import read_image, read_mask
+    from .images import IMAGE_EXTENSIONS, probe_image, read_image, read_mask
     from .index import class_names, has_split
     from .problems import DataError, DataWarning, Problem
+    from .subsets import TrainSubset, subset_indices, take_train_subset
     from .transforms import build_transforms
 
 
@@ -71,6 +77,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "FORMATS",
     "FORMAT_TASKS",
+    "IMAGE_EXTENSIONS",
     "DataConfig",
     "DataError",
     "DataWarning",
@@ -78,6 +85,7 @@ __all__ = [
     "Problem",
     "SegmentationDataset",
     "SplitSpec",
+    "TrainSubset",
     "build_dataset",
     "build_transforms",
     "check_dataset",
@@ -86,7 +94,10 @@ __all__ = [
     "ensure_shapes_dataset",
     "has_split",
     "image_to_tensor",
+    "probe_image",
     "read_image",
     "read_mask",
+    "subset_indices",
+    "take_train_subset",
     "verify_shapes_dataset",
 ]

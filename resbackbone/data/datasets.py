@@ -77,6 +77,7 @@ class _Base(Dataset):
         self.window = window
         self.train = train
         self.classes = classes
+        self.subset: Any = None  # the TrainSubset when a label fraction chose the records (data.subsets)
 
     def __len__(self) -> int:
         return len(self.records)

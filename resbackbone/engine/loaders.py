@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from ..data import build_dataset, detection_collate, has_split
+from ..data import build_dataset, detection_collate, has_split, take_train_subset
 from ..recipes import Recipe, RunConfig
 from .distributed import DistContext
 
@@ -47,19 +47,24 @@ def build_splits(
 ) -> tuple[Dataset, Dataset | None, Dataset | None]:
     """The train, eval (``eval.split``) and test splits of ``recipe``'s data; ``None`` for a split it lacks.
 
+    With ``data.train_fraction`` (or ``train_count``) the train split keeps that
+    nested, seeded subset of its images (:func:`~resbackbone.data.take_train_subset`),
+    described by its ``subset`` attribute.
+
     Args:
         recipe: Names the data, the task and the input channels.
         mean: Per-channel mean the images are normalised with.
         std: Per-channel std the images are normalised with.
 
     Raises:
-        ValueError: The train split is empty.
+        ValueError: The train split is empty, or its label subset lacks a class.
     """
     data = recipe.data
     common = {"task": recipe.task, "mean": mean, "std": std, "in_chans": recipe.model.in_chans}
     train = build_dataset(data, "train", train=True, **common)
     if len(train) == 0:
         raise ValueError(f"The train split of {recipe.name} is empty; check data.train.")
+    train = take_train_subset(train, data)
     split = recipe.eval.split
     evaluation = build_dataset(data, split, train=False, **common) if has_split(data, split) else None
     test = build_dataset(data, "test", train=False, **common) if has_split(data, "test") else None

@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from ..backbone import Backbone
+from ..deprecation import moved_names
 from ..recipes import Recipe
 from ..runtime import Backend, ModelInfo, PredictResult, file_sha256, fitted_runner, predict_images
+from . import evaluate
 from .builders import find_backbone
 from .checkpoint import load_model
 from .distributed import pick_device
@@ -132,3 +134,6 @@ def predict(
         batch_size=batch_size,
         progress=progress,
     )
+
+
+__getattr__ = moved_names(__name__, {"evaluate_checkpoint": evaluate})
