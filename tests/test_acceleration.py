@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,26 @@ def test_amp_auto_is_bf16_only_where_native(native: bool, expected: str, monkeyp
     assert acc.resolve_amp("auto", torch.device("cpu")) == expected
     assert acc.resolve_amp("none", torch.device("cpu")) == "none"
     assert acc.resolve_amp("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_amp_auto_is_fp32_on_a_cpu_without_native_bf16() -> None:
+    """The check is made on the machine, not assumed of a CPU: oneDNN capped at AVX2 (``ONEDNN_MAX_CPU_ISA``)
+    computes no bf16 natively, whatever the processor underneath has."""
+    code = (
+        "import torch; from resbackbone.engine.acceleration import resolve_amp; "
+        "from resbackbone.optimize import native_low_precision; "
+        "print(resolve_amp('auto', torch.device('cpu')), native_low_precision('cpu', torch.bfloat16))"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["none", "False"]
+
+
+def test_amp_auto_is_bf16_on_a_cpu_with_avx512_bf16() -> None:
+    if not torch.cpu._is_avx512_bf16_supported():
+        pytest.skip("this CPU has no AVX512-BF16")
+    assert acc.resolve_amp("auto", torch.device("cpu")) == "bf16"
 
 
 def test_amp_fp16_on_cpu_is_refused() -> None:
