@@ -19,7 +19,13 @@ from torch import Tensor, nn
 from ..optimize import native_low_precision
 from .evaluate import autocast
 
-__all__ = ["compile_for_training", "measure_training_memory_format", "prefer_channels_last", "resolve_amp"]
+__all__ = [
+    "compile_for_training",
+    "measure_training_memory_format",
+    "prefer_channels_last",
+    "resolve_amp",
+    "sample_batch",
+]
 
 _CONTIGUOUS_MARGIN = 0.9  # contiguous must be 10 % faster to be chosen, as optimize_for_inference decides
 
@@ -53,7 +59,9 @@ def _rng_kept() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
-def _sample_batch(task: str, batch: int, in_chans: int, hw: tuple[int, int], num_classes: int) -> tuple[Any, Any]:
+def sample_batch(task: str, batch: int, in_chans: int, hw: tuple[int, int], num_classes: int) -> tuple[Any, Any]:
+    """A seeded synthetic training batch: images and masks, or a list of images and of target dicts
+    (4 boxes each)."""
     generator = torch.Generator().manual_seed(0)
     h, w = hw
     images = torch.rand(batch, in_chans, h, w, generator=generator)
@@ -102,7 +110,7 @@ def measure_training_memory_format(
     Returns:
         ``{"contiguous": seconds, "channels_last": seconds}``.
     """
-    images, targets = _sample_batch(task, batch, in_chans, hw, num_classes)
+    images, targets = sample_batch(task, batch, in_chans, hw, num_classes)
     formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
     times: dict[str, list[float]] = {name: [] for name in formats}
     with _rng_kept():

@@ -56,7 +56,7 @@ def _is_checkpoint(path: Path) -> bool:
 
 
 def load_source(
-    source: str | os.PathLike[str] | Backbone,
+    source: str | os.PathLike[str] | nn.Module,
     *,
     weights: str | None = None,
     data_root: str | None = None,
@@ -67,7 +67,8 @@ def load_source(
     Args:
         source: A run's ``best.pt``/``last.pt``; a recipe YAML (the model it builds, with the
             weights it names: its head untrained unless ``model.weights`` has one); a
-            :class:`~resbackbone.Backbone`; or a backbone's registry name.
+            :class:`~resbackbone.Backbone`; a segmenter or detector object (classes numbered
+            ``class_0``…, image size the traced one); or a backbone's registry name.
         weights: A registry name's weights (``"imagenet"``, a file…); ``None`` for random.
         data_root: A recipe's dataset root (for its class names).
         overrides: A recipe's ``--set`` overrides.
@@ -80,6 +81,8 @@ def load_source(
     common = {"resbackbone_version": __version__, "torch_version": torch.__version__}
     if isinstance(source, Backbone):
         return source.eval(), _backbone_info(source, source=source.name, **common)
+    if isinstance(source, nn.Module):
+        return source.eval(), _module_info(source, **common)
     path = Path(source)
     if _is_checkpoint(path) or path.suffix in (".yaml", ".yml"):
         if _is_checkpoint(path):
@@ -123,6 +126,37 @@ def load_source(
 
     backbone = create_backbone(str(source), weights=weights).eval()
     return backbone, _backbone_info(backbone, source=str(source) + (f" ({weights})" if weights else ""), **common)
+
+
+def _module_info(model: nn.Module, **values: Any) -> ModelInfo:
+    """A built segmenter or detector: no recipe, so classes are numbered and the image size is the traced one."""
+    from ..engine.builders import find_backbone
+
+    body = find_backbone(model)
+    if hasattr(model, "roi_heads"):
+        task, head, count = "detection", "faster_rcnn", model.roi_heads.box_predictor.cls_score.out_features - 1
+    elif hasattr(model, "anchor_generator"):
+        task, head, count = "detection", "retinanet", model.head.classification_head.num_classes - 1
+    elif hasattr(model, "num_classes") and hasattr(model, "arch"):
+        task, head, count = "segmentation", model.arch, model.num_classes
+    else:
+        raise ValueError(
+            f"Cannot export a {type(model).__name__}: expected a segmenter or detector built by resbackbone "
+            "(build_segmenter, build_detector), a Backbone, a run's best.pt/last.pt or a recipe."
+        )
+    score = getattr(getattr(model, "roi_heads", model), "score_thresh", None)
+    return ModelInfo(
+        task=task,
+        classes=[f"class_{i}" for i in range(count)],
+        head=head,
+        backbone=body.name,
+        in_chans=body.in_chans,
+        mean=list(body.mean),
+        std=list(body.std),
+        score_thresh=score if task == "detection" else None,
+        source=f"{type(model).__name__} object",
+        **values,
+    )
 
 
 def _backbone_info(backbone: Backbone, **values: Any) -> ModelInfo:
@@ -196,7 +230,7 @@ def _graph(model: nn.Module, info: ModelInfo, *, argmax: bool, fold_bn: bool) ->
 
 
 def export_model(
-    source: str | os.PathLike[str] | Backbone,
+    source: str | os.PathLike[str] | nn.Module,
     out: str | os.PathLike[str],
     *,
     format: str | None = None,
@@ -220,7 +254,7 @@ def export_model(
 
     Args:
         source: A run's ``best.pt``/``last.pt``, a recipe YAML, a :class:`~resbackbone.Backbone`,
-            or a backbone's registry name.
+            a segmenter or detector object, or a backbone's registry name.
         out: The file to write (``.onnx`` or ``.pt2``).
         format: ``"onnx"``, ``"pt2"`` or ``"aoti"``; default from ``out``'s suffix.
         argmax: Segmenters: output the class of each pixel instead of the logits.
@@ -279,6 +313,7 @@ def export_model(
         dynamic_axes=list(dynamic),
         batch=None if "batch" in dynamic else batch,
         min_side=MIN_SIDE,
+        image_size=info.image_size or (None if info.task == "backbone" else list(size)),
     )
     if fmt == "onnx":
         write_onnx(graph, example, out, info, dynamic=dynamic, opset=info.opset)
