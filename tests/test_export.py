@@ -330,3 +330,15 @@ def test_float16_export_for_cuda(runs: dict[str, Path], tmp_path: Path) -> None:
     backend = OnnxBackend(tmp_path / "s16.onnx")
     logits = np.stack(backend(_pixels(2, SIZES[0])))
     assert logits.shape == (2, 2, *SIZES[0])
+
+
+def test_a_built_model_exports_with_numbered_classes(tmp_path: Path) -> None:
+    from resbackbone import build_segmenter
+
+    model = build_segmenter("deeplabv3plus", backbone="test_resnet", num_classes=3)
+    result = export_model(model, tmp_path / "m.onnx", example_size=(64, 80))
+    info = OnnxBackend(tmp_path / "m.onnx").info
+    assert info == result.info and info.classes == ["class_0", "class_1", "class_2"] and info.image_size == [64, 80]
+    with pytest.raises(ValueError, match=r"Cannot export a Linear: expected a segmenter or detector built by"):
+        export_model(torch.nn.Linear(2, 2), tmp_path / "l.onnx")
+    assert not (tmp_path / "l.onnx").exists()

@@ -132,7 +132,6 @@ def _module_info(model: nn.Module, **values: Any) -> ModelInfo:
     """A built segmenter or detector: no recipe, so classes are numbered and the image size is the traced one."""
     from ..engine.builders import find_backbone
 
-    body = find_backbone(model)
     if hasattr(model, "roi_heads"):
         task, head, count = "detection", "faster_rcnn", model.roi_heads.box_predictor.cls_score.out_features - 1
     elif hasattr(model, "anchor_generator"):
@@ -144,6 +143,7 @@ def _module_info(model: nn.Module, **values: Any) -> ModelInfo:
             f"Cannot export a {type(model).__name__}: expected a segmenter or detector built by resbackbone "
             "(build_segmenter, build_detector), a Backbone, a run's best.pt/last.pt or a recipe."
         )
+    body = find_backbone(model)
     score = getattr(getattr(model, "roi_heads", model), "score_thresh", None)
     return ModelInfo(
         task=task,
