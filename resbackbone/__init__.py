@@ -2,29 +2,64 @@
 
 Every backbone returns the C2–C5 feature pyramid with its channels and strides
 declared in ``feature_info``, and loads torchvision, timm, local or URL checkpoints.
+
+The names below are loaded on first use, so that ``import resbackbone`` (and
+``resbackbone predict MODEL.onnx``, which needs no torch) stays cheap.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from . import deprecation
-from .backbone import Backbone, create_backbone
-from .optimize import InferenceBackbone, optimize_for_inference
-from .registry import get_spec, list_backbones, register_backbone, unregister_backbone
-from .specs import LEVELS, FeatureInfo, LevelInfo, StageSpec, WeightSpec
-from .weights import LoadReport, load_weights
 
 __version__ = "0.1.0"
 
-deprecation.install()  # old module paths keep working, with a warning naming the new one
+_HOMES = {
+    "Backbone": "backbone",
+    "create_backbone": "backbone",
+    "InferenceBackbone": "optimize",
+    "optimize_for_inference": "optimize",
+    "get_spec": "registry",
+    "list_backbones": "registry",
+    "register_backbone": "registry",
+    "unregister_backbone": "registry",
+    "LEVELS": "specs",
+    "FeatureInfo": "specs",
+    "LevelInfo": "specs",
+    "StageSpec": "specs",
+    "WeightSpec": "specs",
+    "LoadReport": "weights",
+    "load_weights": "weights",
+    "build_detector": "heads",
+    "build_fpn": "heads",
+    "build_segmenter": "heads",
+}
+"""Public name → the module that defines it."""
 
-_HEADS = ("build_detector", "build_fpn", "build_segmenter")
+if TYPE_CHECKING:
+    from .backbone import Backbone, create_backbone
+    from .heads import build_detector, build_fpn, build_segmenter
+    from .optimize import InferenceBackbone, optimize_for_inference
+    from .registry import get_spec, list_backbones, register_backbone, unregister_backbone
+    from .specs import LEVELS, FeatureInfo, LevelInfo, StageSpec, WeightSpec
+    from .weights import LoadReport, load_weights
+
+deprecation.install()  # old module paths keep working, with a warning naming the new one
 
 
 def __getattr__(name: str) -> object:
-    # The heads import torchvision's detection and segmentation models: loaded on first use.
-    if name in _HEADS:
-        from . import heads
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
 
-        return getattr(heads, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])
 
 
 __all__ = [

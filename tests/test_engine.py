@@ -240,7 +240,7 @@ def test_detection_run_and_predict(tmp_path: Path, session_cache: Path) -> None:
     results = predict(
         tmp_path / "run" / "best.pt", images, tmp_path / "pred", device="cpu", score_thresh=0.0, progress=False
     )
-    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    lines = [json.loads(line) for line in results.path.read_text().splitlines()]
     assert [Path(r["image"]) for r in lines] == images
     assert all(set(r) >= {"boxes", "scores", "labels"} for r in lines)
     assert len(list((tmp_path / "pred").glob("*_overlay.png"))) == 2
@@ -255,7 +255,7 @@ def test_segmentation_predict_writes_full_size_masks(tmp_path: Path, session_cac
     big = tmp_path / "big.png"
     Image.open(image).resize((200, 150)).save(big)
     results = predict(tmp_path / "run" / "best.pt", [big], tmp_path / "pred", device="cpu", progress=False)
-    record = json.loads(results.read_text())
+    record = json.loads(results.path.read_text())
     assert Image.open(record["mask"]).size == (200, 150)
     assert sum(record["pixels"].values()) == 200 * 150
 
@@ -270,7 +270,10 @@ def test_predict_on_a_folder_finds_every_image_type_training_reads(tmp_path: Pat
     image.save(folder / "a.webp")
     image.save(folder / "b.png")
     results = predict(tmp_path / "run" / "best.pt", [folder], tmp_path / "pred", device="cpu", progress=False)
-    assert [Path(json.loads(line)["image"]).name for line in results.read_text().splitlines()] == ["a.webp", "b.png"]
+    assert [Path(json.loads(line)["image"]).name for line in results.path.read_text().splitlines()] == [
+        "a.webp",
+        "b.png",
+    ]
 
 
 def test_predict_bad_inputs(tmp_path: Path) -> None:

@@ -71,6 +71,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = BenchConfig.__dataclass_fields__
     add = parser.add_argument
     add("backbones", nargs="*", default=["resnet50"], help="registry names (default: resnet50)")
+    add(
+        "--models",
+        type=_csv(str),
+        default=(),
+        help="whole models instead of backbones, from deeplabv3plus,faster_rcnn,retinanet: decoded images to "
+        "predictions, ours eager/fast/onnxruntime beside smp's or torchvision's eager fp32 (with --train: the "
+        "fine-tuning step in fp32, amp auto, channels-last, compiled); first batch size and input size",
+    )
     add("--batch-sizes", "-b", type=_csv(int), default=defaults["batch_sizes"].default, help="e.g. 1,8,32 (8)")
     add("--input-sizes", "-s", type=_csv(int), default=defaults["input_sizes"].default, help="e.g. 224,512 (224)")
     add("--devices", type=_csv(str), default=("auto",), help="cpu, cuda or auto: cpu plus cuda when present (auto)")
@@ -130,8 +138,49 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
+def _run_models(args: argparse.Namespace) -> int:
+    """``--models``: the whole-model table (and with ``--train`` the fine-tuning steps), printed and written."""
+    import json
+    from pathlib import Path
+
+    from ..runtime import atomic_write_bytes
+    from .finetune_steps import format_finetune_steps, run_finetune_steps
+    from .pipelines import PipelineConfig, format_pipelines, run_pipelines
+
+    backbone, batch, size = args.backbones[0], args.batch_sizes[0], args.input_sizes[0]
+    result: dict = {"machine": machine_info()}
+    tables = []
+    if not args.train_only:
+        config = PipelineConfig(
+            models=tuple(args.models),
+            backbone=backbone,
+            batch_size=batch,
+            size=size,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            seed=args.seed,
+        )
+        result["inference"] = run_pipelines(config)
+        tables.append(format_pipelines(result["inference"]))
+    if args.train or args.train_only:
+        result["finetune"] = run_finetune_steps(
+            tuple(args.models), backbone=backbone, batch_size=batch, size=size, repeats=args.repeats, seed=args.seed
+        )
+        tables.append(format_finetune_steps(result["finetune"]))
+    text = "\n\n".join(tables)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        atomic_write_bytes(out / f"{args.stem}_models.json", json.dumps(result, indent=2).encode())
+        atomic_write_bytes(out / f"{args.stem}_models.md", (text + "\n").encode())
+        print(f"\nwrote {out / (args.stem + '_models.json')}, {out / (args.stem + '_models.md')}")
+    return 0
+
+
 def run_from_args(args: argparse.Namespace, *, prog: str = "resbackbone bench") -> int:
     """Run, print the tables, write the reports; the exit status."""
+    if args.models:
+        return _run_models(args)
     command = " ".join([prog, *map(shlex.quote, sys.argv[1:] if prog == "feature_extraction.py" else sys.argv[2:])])
     result = run_benchmark(config_from_args(args), command=command)
     print(format_table(result))

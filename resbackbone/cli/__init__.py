@@ -1,7 +1,9 @@
-"""Command line: ``resbackbone list|info|backbone|finetune|evaluate|predict|pretrain|data|bench``.
+"""Command line: ``resbackbone list|info|backbone|finetune|evaluate|predict|export|pretrain|data|bench``.
 
 Run ``resbackbone --help`` or ``resbackbone COMMAND --help``. Each module
-adds its commands (``add_parsers``); a command's work is imported when it runs.
+adds its commands (``add_parsers``) and names them (``COMMANDS``); a command's
+work is imported when it runs, and only the group that owns the command given
+builds its parsers, so ``resbackbone predict MODEL.onnx`` never imports torch.
 """
 
 from __future__ import annotations
@@ -10,29 +12,32 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import backbones, benchmark, datasets, pretrain, training
+from . import backbones, benchmark, datasets, export, pretrain, training
 
 __all__ = ["build_parser", "main"]
 
-COMMAND_GROUPS = (backbones, training, pretrain, datasets, benchmark)
-"""Modules whose ``add_parsers(sub)`` add the commands, in the order ``--help`` lists them."""
+COMMAND_GROUPS = (backbones, training, export, pretrain, datasets, benchmark)
+"""Modules whose ``add_parsers(sub)`` add the commands in their ``COMMANDS``, in the order ``--help`` lists them."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``resbackbone`` argument parser with every command."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``resbackbone`` argument parser: every command, or only the group that owns ``command``."""
     from .. import __version__
 
     parser = argparse.ArgumentParser(prog="resbackbone", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"resbackbone {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in COMMAND_GROUPS:
+    owners = [group for group in COMMAND_GROUPS if command in group.COMMANDS]
+    for group in owners or COMMAND_GROUPS:
         group.add_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``resbackbone`` command."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, OSError) as exc:

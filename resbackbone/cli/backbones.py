@@ -8,7 +8,9 @@ from pathlib import Path
 
 from .common import Subparsers
 
-__all__ = ["add_parsers"]
+__all__ = ["COMMANDS", "add_parsers"]
+
+COMMANDS = ("list", "info", "backbone")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

@@ -6,7 +6,9 @@ import argparse
 
 from .common import Subparsers
 
-__all__ = ["add_parsers"]
+__all__ = ["COMMANDS", "add_parsers"]
+
+COMMANDS = ("bench",)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

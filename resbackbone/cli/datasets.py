@@ -6,7 +6,9 @@ import argparse
 
 from .common import Subparsers, add_recipe_args
 
-__all__ = ["add_parsers"]
+__all__ = ["COMMANDS", "add_parsers"]
+
+COMMANDS = ("data",)
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from .common import Subparsers
 
-__all__ = ["add_parsers"]
+__all__ = ["COMMANDS", "add_parsers"]
+
+COMMANDS = ("pretrain",)
 
 _HINT = "pip install 'resbackbone[pretrain]' (or pip install lightly)"
 

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from .common import Subparsers, add_recipe_args
 
-__all__ = ["add_parsers"]
+__all__ = ["COMMANDS", "add_parsers"]
+
+FAST_HELP = (
+    "run the fast path: batch norms folded, memory format measured, torch.compile, bf16 where the device "
+    "computes it natively (a CPU with AVX512-BF16/AMX, a recent GPU)"
+)
+
+COMMANDS = ("finetune", "evaluate", "predict")
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
@@ -31,16 +38,39 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..recipes import load_recipe
 
     recipe = load_recipe(args.recipe, overrides=args.set, data_root=args.data)
-    metrics = evaluate_checkpoint(recipe, args.checkpoint, split=args.split, device=args.device)
+    metrics = evaluate_checkpoint(recipe, args.checkpoint, split=args.split, device=args.device, fast=args.fast)
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ..engine import predict
+    options = {
+        "score_thresh": args.score_thresh,
+        "overlays": not args.no_overlays,
+        "batch_size": args.batch_size,
+        "progress": not args.no_progress,
+    }
+    if Path(args.model).suffix == ".onnx":  # ONNX Runtime alone: no torch imported
+        if args.fast:
+            raise ValueError("--fast applies to PyTorch checkpoints; an .onnx file runs in ONNX Runtime as it is.")
+        from ..runtime import predict_onnx
 
-    path = predict(args.checkpoint, args.images, args.out, device=args.device, score_thresh=args.score_thresh)
-    print(f"Predictions in {path}; overlays in {path.parent}/")
+        result = predict_onnx(args.model, args.images, args.out, **options)
+    else:
+        from ..engine import predict
+
+        result = predict(args.model, args.images, args.out, device=args.device, fast=args.fast, **options)
+    done = f"; {result.already_done} already in {result.path.name} from an earlier run" if result.already_done else ""
+    print(f"Predicted on {result.written} images{done}: {result.path}; masks and overlays in {result.path.parent}/")
+    if result.skipped:
+        import sys
+
+        print(
+            f"Skipped {len(result.skipped)} images (listed in {result.path.parent / 'skipped.jsonl'}):", file=sys.stderr
+        )
+        for item in result.skipped:
+            print(f"  {item['image']}: {item['reason']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -58,12 +88,23 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a run")
     p.add_argument("--split", default="val", choices=("train", "val", "test"))
     p.add_argument("--device", default="auto")
+    p.add_argument("--fast", action="store_true", help=FAST_HELP)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("predict", help="predict on image files: JSON results plus overlay PNGs")
-    p.add_argument("checkpoint", help="best.pt or last.pt of a run")
+    p = sub.add_parser(
+        "predict",
+        help="predict on image files: JSON lines, masks and overlay PNGs (a checkpoint, or an exported .onnx)",
+        description="Predict on image files. A run's best.pt/last.pt runs in PyTorch; an .onnx file written by "
+        "`resbackbone export` runs in ONNX Runtime alone (no torch). Images that cannot be read are skipped and "
+        "listed (exit status 1); a second run with the same --out does only the images not done yet.",
+    )
+    p.add_argument("model", help="best.pt or last.pt of a run, or an exported .onnx file")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--score-thresh", type=float, default=0.5, help="detection: minimum score kept")
+    p.add_argument("--device", default="auto", help="PyTorch: auto, cpu, cuda… (ONNX: CUDA when onnxruntime has it)")
+    p.add_argument("--score-thresh", type=float, default=0.5, help="detection: minimum score kept (0.5)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward (1)")
+    p.add_argument("--fast", action="store_true", help=FAST_HELP)
+    p.add_argument("--no-overlays", action="store_true", help="write no overlay PNGs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)

@@ -5,6 +5,9 @@ its splits; :func:`build_dataset` turns one split into a torch ``Dataset``
 with albumentations transforms and the backbone's normalisation;
 :func:`check_dataset` reports every problem of a dataset at once.
 
+The names below are loaded on first use: reading an image
+(:mod:`resbackbone.data.images`) needs no torch.
+
 Example:
     >>> cfg = DataConfig(format="shapes")
     >>> ds = build_dataset(cfg, "train", task="segmentation", train=True,
@@ -12,15 +15,64 @@ Example:
     >>> image, mask = ds[0]  # float32 [3, 128, 128], int64 [128, 128]
 """
 
-from .acquire.shapes_generator import ensure_shapes_dataset, verify_shapes_dataset
-from .check import check_dataset
-from .config import FORMAT_TASKS, FORMATS, DataConfig, SplitSpec
-from .datasets import DetectionDataset, SegmentationDataset, build_dataset, detection_collate, image_to_tensor
-from .images import IMAGE_EXTENSIONS, probe_image, read_image, read_mask
-from .index import class_names, has_split
-from .problems import DataError, DataWarning, Problem
-from .subsets import TrainSubset, subset_indices, take_train_subset
-from .transforms import build_transforms
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_HOMES = {
+    "ensure_shapes_dataset": "acquire.shapes_generator",
+    "verify_shapes_dataset": "acquire.shapes_generator",
+    "check_dataset": "check",
+    "FORMAT_TASKS": "config",
+    "FORMATS": "config",
+    "DataConfig": "config",
+    "SplitSpec": "config",
+    "DetectionDataset": "datasets",
+    "SegmentationDataset": "datasets",
+    "build_dataset": "datasets",
+    "detection_collate": "datasets",
+    "image_to_tensor": "datasets",
+    "IMAGE_EXTENSIONS": "images",
+    "probe_image": "images",
+    "read_image": "images",
+    "read_mask": "images",
+    "class_names": "index",
+    "has_split": "index",
+    "TrainSubset": "subsets",
+    "subset_indices": "subsets",
+    "take_train_subset": "subsets",
+    "DataError": "problems",
+    "DataWarning": "problems",
+    "Problem": "problems",
+    "build_transforms": "transforms",
+}
+"""Public name → the module (below this package) that defines it."""
+
+if TYPE_CHECKING:
+    from .acquire.shapes_generator import ensure_shapes_dataset, verify_shapes_dataset
+    from .check import check_dataset
+    from .config import FORMAT_TASKS, FORMATS, DataConfig, SplitSpec
+    from .datasets import DetectionDataset, SegmentationDataset, build_dataset, detection_collate, image_to_tensor
+    from .images import IMAGE_EXTENSIONS, probe_image, read_image, read_mask
+    from .index import class_names, has_split
+    from .problems import DataError, DataWarning, Problem
+    from .subsets import TrainSubset, subset_indices, take_train_subset
+    from .transforms import build_transforms
+
+
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])
+
 
 __all__ = [
     "FORMATS",

@@ -1,12 +1,21 @@
 """Training checkpoints: written atomically, read without unpickling code.
 
-A checkpoint holds the model (and its EMA), optimiser, scheduler, gradient
-scaler, the epoch and step it completed, the best metric so far, the metric
-history, the random-number states and the recipe — everything ``--resume``
-needs to continue exactly where the run stopped, and what :func:`load_model`
-rebuilds the trained model from. It is written to a temporary file beside the
-target, flushed to disk and renamed into place, so a crash mid-write leaves the
-previous checkpoint intact.
+A run writes two files:
+
+- ``last.pt`` (every epoch) holds everything ``--resume`` needs to continue
+  exactly where the run stopped: the model (and its EMA), optimiser, scheduler,
+  gradient scaler, the epoch and step it completed, the best metric so far, the
+  metric history, the random-number states, the class names and the recipe.
+- ``best.pt`` (when the evaluation metric improves) is the file to ship and
+  share: only what rebuilds the trained model (:func:`best_state`), a third of
+  ``last.pt``'s size under AdamW. Its entries: ``format`` (``"resbackbone.best"``),
+  ``format_version`` (1), ``model`` (the state dict that was evaluated: the EMA's
+  when the run keeps one), ``recipe`` (the recipe as a dict), ``classes``,
+  ``epoch``, ``step``, ``metrics`` (its evaluation) and ``resbackbone_version``.
+
+:func:`load_model` rebuilds the model from either. A file is written to a
+temporary file beside the target, flushed to disk and renamed into place, so a
+crash mid-write leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -14,7 +23,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +31,13 @@ import torch
 from torch import nn
 
 from ..recipes import Recipe
+from ..runtime import atomic_write, atomic_write_bytes
 from .builders import build_model
 
 __all__ = [
+    "BEST_FORMAT",
     "atomic_write_bytes",
+    "best_state",
     "load_checkpoint",
     "load_model",
     "remove_partial_writes",
@@ -36,38 +47,49 @@ __all__ = [
     "set_rng_state",
 ]
 
-_PARTIAL = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what _atomic's mkstemp names look like
+BEST_FORMAT = "resbackbone.best"
+"""The ``format`` entry of a ``best.pt`` (:func:`best_state`)."""
 
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    _atomic(Path(path), lambda f: f.write(data))
+_PARTIAL = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what atomic_write's mkstemp names look like
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """``torch.save`` ``state`` to ``path`` atomically."""
-    _atomic(Path(path), lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def best_state(
+    weights: dict[str, Any],
+    *,
+    recipe: dict[str, Any],
+    classes: list[str],
+    epoch: int,
+    step: int,
+    metrics: dict[str, float],
+) -> dict[str, Any]:
+    """What ``best.pt`` holds: the evaluated weights, the recipe and class names, no optimiser state.
+
+    Args:
+        weights: The state dict that was evaluated (the EMA's when the run keeps one).
+        recipe: The recipe, as ``Recipe.model_dump(mode="json", by_alias=True)``.
+        classes: The class names, in the order the model predicts them.
+        epoch: Epochs completed.
+        step: Optimiser updates done.
+        metrics: The evaluation that made it the best.
+    """
+    from .. import __version__
+
+    return {
+        "format": BEST_FORMAT,
+        "format_version": 1,
+        "model": weights,
+        "recipe": recipe,
+        "classes": list(classes),
+        "epoch": epoch,
+        "step": step,
+        "metrics": dict(metrics),
+        "resbackbone_version": __version__,
+    }
 
 
 def remove_partial_writes(folder: str | os.PathLike[str]) -> list[Path]:
@@ -125,6 +147,11 @@ def resume_state(path: str | os.PathLike[str], classes: list[str]) -> dict[str, 
     if not path.is_file():
         raise ValueError(f"--resume: {path} does not exist; start without --resume, or pass the run's folder.")
     state = load_checkpoint(path)
+    if state.get("format") == BEST_FORMAT:
+        raise ValueError(
+            f"--resume: {path} is a best.pt (weights, recipe and classes only, no optimiser state); a run resumes "
+            "from its last.pt."
+        )
     if state["classes"] != classes:
         raise ValueError(f"--resume: {path} was trained on classes {state['classes']}, this recipe has {classes}.")
     state.setdefault("overflow_steps", 0)  # checkpoints written before it was counted have none

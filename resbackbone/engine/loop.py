@@ -139,6 +139,8 @@ def train_epoch(
     total: int,
     last_good: Path,
     progress: bool,
+    amp: str = "none",
+    channels_last: bool = False,
 ) -> EpochTally:
     """Train on the first ``total`` batches of ``loader``, one update per ``optim.accumulate`` of them (and at the end).
 
@@ -159,6 +161,8 @@ def train_epoch(
         total: Batches in this epoch.
         last_good: The checkpoint a stopped run can resume from (named in the error when it exists).
         progress: Show a tqdm bar.
+        amp: The autocast precision, resolved (``"none"``, ``"bf16"``, ``"fp16"``; not ``"auto"``).
+        channels_last: Move the images to channels-last.
 
     Raises:
         TrainingError: A non-finite loss under ``run.nan_policy: stop``.
@@ -176,11 +180,11 @@ def train_epoch(
     for i, (images, targets) in enumerate(loader):
         if i >= total:
             break
-        images, targets = to_device(images, targets, ctx.device, run.channels_last)
+        images, targets = to_device(images, targets, ctx.device, channels_last)
         update = (i + 1) % optim.accumulate == 0 or i + 1 == total
         sync = model.no_sync() if (ctx.distributed and not update) else contextlib.nullcontext()
         with sync:
-            parts = _losses(model, images, targets, seg_loss, ctx.device, optim.amp)
+            parts = _losses(model, images, targets, seg_loss, ctx.device, amp)
             loss = sum(parts.values())
             if not all_finite(loss, ctx):
                 if run.nan_policy == "stop":

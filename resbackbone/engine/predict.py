@@ -1,43 +1,78 @@
-"""Prediction with a trained checkpoint on image files: boxes or masks, and overlays."""
+"""Prediction with a trained checkpoint on image files: the PyTorch backends (eager, and ``fast``).
+
+The loop, the files it writes and how it resumes are shared with the ONNX
+Runtime backend (:mod:`resbackbone.runtime.predict`): :func:`torch_backend`
+is the one piece that differs, ``backend(batch) -> outputs``.
+"""
 
 from __future__ import annotations
 
-import io
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
-from ..data.images import IMAGE_EXTENSIONS
+from ..backbone import Backbone
 from ..deprecation import moved_names
+from ..recipes import Recipe
+from ..runtime import Backend, ModelInfo, PredictResult, file_sha256, fitted_runner, predict_images
 from . import evaluate
-from .builders import find_backbone, input_normalization
-from .checkpoint import atomic_write_bytes, load_model
+from .builders import find_backbone
+from .checkpoint import load_model
 from .distributed import pick_device
 
-__all__ = ["predict"]
+__all__ = ["model_info", "predict", "torch_backend"]
 
 
-def _collect(images: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    found: list[Path] = []
-    for item in images:
-        path = Path(item)
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise ValueError(f"{item}: no such image file or folder.")
-    if not found:
-        looked = ", ".join(IMAGE_EXTENSIONS)
-        raise ValueError(f"No images found in {', '.join(map(str, images))} (looked for {looked}).")
-    return found
+def model_info(recipe: Recipe, classes: list[str], backbone: Backbone, *, source: str) -> ModelInfo:
+    """What a trained model takes and predicts, from its recipe: task, classes, input size and normalisation."""
+    from .. import __version__
+
+    return ModelInfo(
+        task=recipe.task,
+        classes=list(classes),
+        head=recipe.model.head,
+        backbone=backbone.name,
+        in_chans=backbone.in_chans,
+        mean=list(backbone.mean),
+        std=list(backbone.std),
+        image_size=list(recipe.data.size_hw),
+        resize=recipe.data.resize,
+        window=list(recipe.data.window) if recipe.data.window else None,
+        output="detections" if recipe.task == "detection" else "logits",
+        score_thresh=recipe.model.score_thresh if recipe.task == "detection" else None,
+        source=source,
+        recipe=recipe.name,
+        resbackbone_version=__version__,
+        torch_version=torch.__version__,
+    )
 
 
-@torch.no_grad()
+def torch_backend(model: nn.Module, info: ModelInfo, *, device: torch.device) -> Backend:
+    """``backend(batch)``: a PyTorch detector or segmenter (eager, or :func:`~resbackbone.optimize.optimize_model`'s).
+
+    Segmenters get the batch normalised with ``info.mean``/``info.std`` (detectors normalise inside).
+    """
+    mean = torch.tensor(info.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(info.std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def run(batch: np.ndarray) -> list[Any]:
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if info.task == "detection":
+            outputs = model([image.to(device) for image in x])
+            return [tuple(o[k].float().cpu().numpy() for k in ("boxes", "scores", "labels")) for o in outputs]
+        logits = model(((x - mean) / std).to(device))
+        logits = logits["out"] if isinstance(logits, dict) else logits
+        return list(logits.float().cpu().numpy())
+
+    return run
+
+
 def predict(
     checkpoint: str | os.PathLike[str],
     images: Sequence[str | os.PathLike[str]],
@@ -47,87 +82,58 @@ def predict(
     score_thresh: float = 0.5,
     overlays: bool = True,
     progress: bool = True,
-) -> Path:
-    """Run a checkpoint over image files; write ``predictions.jsonl`` and overlay PNGs to ``out_dir``.
+    fast: bool = False,
+    batch_size: int = 1,
+) -> PredictResult:
+    """Run a checkpoint over image files; write ``predictions.jsonl``, masks and overlay PNGs to ``out_dir``.
 
-    Each line of ``predictions.jsonl`` holds the image path and, for detection,
-    ``boxes`` (xyxy in the original image's pixels), ``scores`` and ``labels``
-    (class names); for segmentation, the path of the class-index mask PNG
-    written beside it and the pixel count per class. Results are written as
-    they come, so a long run keeps memory flat and loses nothing done.
+    Each line of ``predictions.jsonl`` holds the image path and size and, for
+    detection, ``boxes`` (xyxy in the original image's pixels), ``scores`` and
+    ``labels`` (class names); for segmentation, the path of the class-index mask
+    PNG written beside it and the pixel count per class (see
+    :mod:`resbackbone.runtime.predict`). Images are resized and padded as
+    evaluation does. An image that cannot be read is skipped and listed; a run
+    into an ``out_dir`` that holds results of the same model does only the rest.
+
+    Args:
+        checkpoint: A run's ``best.pt`` or ``last.pt``.
+        images: Image files or folders.
+        out_dir: The output folder.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``…
+        score_thresh: Detection: the lowest score written.
+        overlays: Write ``<name>_overlay.png`` per image.
+        progress: Show a progress bar.
+        fast: Run :func:`~resbackbone.optimize.optimize_model`'s copy (batch norms folded, memory format
+            measured, compiled, bf16 where the device computes it natively).
+        batch_size: Images per forward.
 
     Returns:
-        The path of ``predictions.jsonl``.
+        The :class:`~resbackbone.runtime.PredictResult` (``path`` is ``predictions.jsonl``).
+
+    Raises:
+        ValueError: The checkpoint cannot be read, no image is found, or ``out_dir`` holds results of
+            another model.
     """
-    import numpy as np
-    from PIL import Image
-    from tqdm.auto import tqdm
-
-    from ..data import build_transforms, image_to_tensor, read_image
-    from .report import draw_prediction
-
     dev = pick_device(device)
     model, recipe, classes = load_model(checkpoint, device=dev)
-    backbone = find_backbone(model)
-    mean, std = input_normalization(backbone, recipe.task)
-    transform = build_transforms(recipe.data, task=recipe.task, train=False)
-    detection = recipe.task == "detection"
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = _collect(images)
-    results = out / "predictions.jsonl"
-    with open(results, "w") as log:
-        for path in tqdm(files, desc="predict", disable=not progress):
-            pixels = read_image(path, in_chans=backbone.in_chans, window=recipe.data.window)
-            h, w = pixels.shape[:2]
-            extra = {"bboxes": np.zeros((0, 4)), "labels": []} if detection else {}
-            tensor = image_to_tensor(transform(image=pixels, **extra)["image"], mean, std)
-            th, tw = tensor.shape[1:]
-            # Undo the eval resize: one scale and bottom/right padding (letterbox), or a scale per axis (stretch).
-            if recipe.data.resize == "stretch":
-                sy, sx = th / h, tw / w
-            else:
-                sy = sx = min(th / h, tw / w)
-            record: dict[str, Any] = {"image": str(path), "size": [h, w]}
-            if detection:
-                output = model([tensor.to(dev)])[0]
-                keep = output["scores"] >= score_thresh
-                boxes = output["boxes"][keep].cpu() / torch.tensor([sx, sy, sx, sy])
-                record |= {
-                    "boxes": [[round(v, 2) for v in box] for box in boxes.tolist()],
-                    "scores": [round(float(s), 4) for s in output["scores"][keep]],
-                    "labels": [classes[int(lb) - 1] for lb in output["labels"][keep]],
-                }
-                drawn: Any = output
-            else:
-                logits = model(tensor[None].to(dev))
-                logits = (logits["out"] if isinstance(logits, dict) else logits)[0]
-                valid = logits[:, : max(1, round(h * sy)), : max(1, round(w * sx))]
-                full = torch.nn.functional.interpolate(valid[None].float(), size=(h, w), mode="bilinear")[0]
-                mask = full.argmax(0).to(torch.uint8).cpu().numpy()
-                buffer = io.BytesIO()
-                Image.fromarray(mask).save(buffer, format="PNG")
-                mask_path = out / f"{path.stem}_mask.png"
-                atomic_write_bytes(mask_path, buffer.getvalue())
-                counts = np.bincount(mask.ravel(), minlength=len(classes))
-                record |= {"mask": str(mask_path), "pixels": {c: int(n) for c, n in zip(classes, counts)}}
-                drawn = logits
-            if overlays:
-                picture = draw_prediction(
-                    tensor,
-                    drawn,
-                    task=recipe.task,
-                    classes=classes,
-                    mean=mean,
-                    std=std,
-                    score_thresh=score_thresh,
-                )
-                buffer = io.BytesIO()
-                Image.fromarray(picture.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
-                atomic_write_bytes(out / f"{path.stem}_overlay.png", buffer.getvalue())
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-    return results
+    info = model_info(recipe, classes, find_backbone(model), source=str(checkpoint))
+    if fast:
+        from ..optimize import optimize_model
+
+        model = optimize_model(model)
+    header = {"model": str(Path(checkpoint).resolve()), "model_sha256": file_sha256(checkpoint)}
+    return predict_images(
+        fitted_runner(torch_backend(model, info, device=dev), info),
+        info,
+        images,
+        out_dir,
+        header=header,
+        extra_header={"backend": "pytorch-fast" if fast else "pytorch", "device": str(dev)},
+        score_thresh=score_thresh,
+        overlays=overlays,
+        batch_size=batch_size,
+        progress=progress,
+    )
 
 
 __getattr__ = moved_names(__name__, {"evaluate_checkpoint": evaluate})

@@ -185,6 +185,10 @@ def _table(summary: dict[str, Any], split: str) -> str:
         ("time", f"{summary['seconds'] / 60:.1f} min"),
         ("device", f"{summary['device']} × {summary['world_size']}"),
     ]
+    if "amp" in summary:  # what optim.amp, run.channels_last and run.compile came to
+        layout = "channels-last" if summary.get("channels_last") else "contiguous"
+        compiled = ", compiled" if summary.get("compiled") else ""
+        rows.append(("precision", f"{'fp32' if summary['amp'] == 'none' else summary['amp']}, {layout}{compiled}"))
     best = summary.get("best")
     if best:
         rows.append(

@@ -23,8 +23,17 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import class_names
 from ..recipes import Recipe
 from . import distributed
+from .acceleration import compile_for_training, measure_training_memory_format, prefer_channels_last, resolve_amp
 from .builders import build_model, build_optimizer, build_scheduler, find_backbone, input_normalization
-from .checkpoint import load_checkpoint, remove_partial_writes, resume_state, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    best_state,
+    load_checkpoint,
+    remove_partial_writes,
+    resume_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .evaluate import evaluate_model
 from .loaders import build_splits, make_loader, seed_everything
 from .loop import TrainingError, TrainState, train_epoch
@@ -62,8 +71,7 @@ class Trainer:
         self.recipe = recipe
         self.ctx = distributed.setup(recipe.run.device)
         self.device = self.ctx.device
-        if recipe.optim.amp == "fp16" and self.device.type != "cuda":
-            raise ValueError("optim.amp='fp16' needs a CUDA device; use amp: bf16 on the CPU, or amp: none.")
+        self.amp = resolve_amp(recipe.optim.amp, self.device)
         self.output = Path(output or recipe.run.output.format(name=recipe.name))
         self.progress = progress and self.ctx.is_main
         self.task = recipe.task
@@ -72,12 +80,17 @@ class Trainer:
         self.classes = class_names(recipe.data, self.task)
         num_classes = len(self.classes) + 1 if self.task == "detection" else len(self.classes)
         model = build_model(recipe, num_classes).to(self.device)
-        if recipe.run.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
         self.backbone = find_backbone(model)
         self.mean, self.std = input_normalization(self.backbone, self.task)
         self.train_set, self.eval_set, self.test_set = build_splits(recipe, self.mean, self.std)
+        self.seg_loss = (
+            SegmentationLoss(recipe.model.loss, recipe.data.ignore_index) if self.task == "segmentation" else None
+        )
+        self.memory_format_timings: dict[str, float] = {}
+        self.channels_last = self._choose_channels_last(model, num_classes)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
 
         optim = recipe.optim
         self.train_loader = self._loader(self.train_set, optim.batch_size, train=True)
@@ -90,9 +103,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, optim, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=optim.amp == "fp16")
         self.ema = ModelEmaV3(model, decay=optim.ema) if optim.ema else None
-        self.seg_loss = (
-            SegmentationLoss(recipe.model.loss, recipe.data.ignore_index) if self.task == "segmentation" else None
-        )
+        self.compiled = compile_for_training(model, self.task) if recipe.run.compile else []
         self._train_model = distributed.TrainModel(model, self.ctx)
 
         self.epoch = 0  # epochs completed
@@ -106,6 +117,24 @@ class Trainer:
             self._resume()
 
     # ------------------------------------------------------------------ setup helpers
+
+    def _choose_channels_last(self, model: torch.nn.Module, num_classes: int) -> bool:
+        """``run.channels_last``, with ``auto`` measured on a training step of the run's shape."""
+        choice = self.recipe.run.channels_last
+        if choice != "auto":
+            return bool(choice)
+        self.memory_format_timings = measure_training_memory_format(
+            model,
+            task=self.task,
+            loss_fn=self.seg_loss,
+            batch=self.recipe.optim.batch_size,
+            hw=self.recipe.data.crop_hw,
+            in_chans=self.backbone.in_chans,
+            num_classes=num_classes,
+            device=self.device,
+            amp=self.amp,
+        )
+        return prefer_channels_last(self.memory_format_timings)
 
     def _loader(self, dataset: Dataset, batch_size: int, *, train: bool) -> DataLoader:
         return make_loader(dataset, batch_size, train=train, task=self.task, run=self.recipe.run, ctx=self.ctx)
@@ -126,6 +155,17 @@ class Trainer:
             "recipe": self.recipe.model_dump(mode="json", by_alias=True),
             "rng": rng_state(),
         }
+
+    def _best_state(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+        evaluated = self.ema.module if self.ema is not None else self.model
+        return best_state(
+            evaluated.state_dict(),
+            recipe=self.recipe.model_dump(mode="json", by_alias=True),
+            classes=self.classes,
+            epoch=epoch,
+            step=self.step,
+            metrics=metrics,
+        )
 
     def _resume(self) -> None:
         state = resume_state(self.output / "last.pt", self.classes)
@@ -165,6 +205,8 @@ class Trainer:
             total=self.batches_per_epoch,
             last_good=self.output / "last.pt",
             progress=self.progress,
+            amp=self.amp,
+            channels_last=self.channels_last,
         )
         self.step += tally.updates
         self.skipped_batches += tally.skipped
@@ -189,9 +231,9 @@ class Trainer:
             task=self.task,
             classes=self.classes,
             device=self.device,
-            amp=self.recipe.optim.amp,
+            amp=self.amp,
             ignore_index=self.recipe.data.ignore_index,
-            channels_last=self.recipe.run.channels_last,
+            channels_last=self.channels_last,
             progress=self.progress,
         )
 
@@ -219,7 +261,7 @@ class Trainer:
                 self.best = {"epoch": epoch + 1, "metrics": metrics}
                 self.bad_evals = 0
                 if self.ctx.is_main:
-                    save_checkpoint(self._state() | {"epoch": epoch + 1}, self.output / "best.pt")
+                    save_checkpoint(self._best_state(epoch + 1, metrics), self.output / "best.pt")
             elif metrics:
                 self.bad_evals += 1
         row.update(
@@ -249,7 +291,8 @@ class Trainer:
                 f"{self.recipe.name}: {subset.describe() if subset else f'{len(self.train_set)} training images'}, "
                 f"{len(self.classes)} classes, "
                 f"{self.steps_per_epoch} steps/epoch on {self.device} × {self.ctx.world_size}; effective batch "
-                f"{optim.batch_size * optim.accumulate * self.ctx.world_size} (lr {optim.lr:g} as given, not rescaled)."
+                f"{optim.batch_size * optim.accumulate * self.ctx.world_size} (lr {optim.lr:g} as given, "
+                f"not rescaled); {self._speed_line()}."
             )
         start = time.perf_counter()
         stopped_early = False
@@ -285,6 +328,9 @@ class Trainer:
             "test": test_metrics,
             "device": str(self.device),
             "world_size": self.ctx.world_size,
+            "amp": self.amp,
+            "channels_last": self.channels_last,
+            "compiled": self.compiled,
             "train_images": _train_images(self.train_set),
             "ranks_in_sync": self.ranks_in_sync(),
         }
@@ -293,6 +339,19 @@ class Trainer:
         if self.ctx.is_main:
             finish_run(self._artifacts(), summary, self.ema.module if self.ema is not None else self.model)
         return summary
+
+    def _speed_line(self) -> str:
+        """What ``optim.amp``, ``run.channels_last`` and ``run.compile`` came to, for the start line."""
+        optim, run = self.recipe.optim, self.recipe.run
+        amp = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[self.amp]
+        if optim.amp == "auto":
+            native = "native" if self.amp == "bf16" else "not native"
+            amp += f" (amp: auto; bf16 is {native} on this {self.device.type})"
+        layout = "channels-last" if self.channels_last else "contiguous"
+        if self.memory_format_timings:
+            ms = {k: f"{v * 1e3:.0f} ms" for k, v in self.memory_format_timings.items()}
+            layout += f" (measured: channels-last {ms['channels_last']}, contiguous {ms['contiguous']} a step)"
+        return f"{amp}, {layout}" + (", compiled" if run.compile else "")
 
     def _artifacts(self) -> RunArtifacts:
         """What the end-of-run report draws from (see :func:`~resbackbone.engine.report.finish_run`)."""

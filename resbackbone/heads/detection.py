@@ -21,10 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from ..backbone import Backbone
@@ -32,6 +30,7 @@ from ..specs import LEVELS
 from ..weights import WeightsArg
 from .checkpoints import load_head_checkpoint, read_head_checkpoint
 from .common import check_arch, check_num_classes, resolve_backbone
+from .detection_transform import DetectionTransform
 from .fpn import EXTRA_BLOCKS, FPN_NORMS, FeaturePyramid, build_fpn
 
 __all__ = [
@@ -129,49 +128,6 @@ DETECTOR_ARCHS: tuple[str, ...] = tuple(DETECTORS)
 TORCHVISION_DETECTORS: dict[tuple[str, str], str] = {
     (arch, name): builder for arch, spec in DETECTORS.items() for name, builder in spec.torchvision.items()
 }
-
-
-class _CheckedTransform(GeneralizedRCNNTransform):
-    """torchvision's detection transform, with the input checks that name the problem."""
-
-    def __init__(
-        self,
-        min_size: int,
-        max_size: int,
-        image_mean: list[float],
-        image_std: list[float],
-        *,
-        in_chans: int,
-        num_classes: int,
-        first_label: int,
-    ) -> None:
-        super().__init__(min_size, max_size, image_mean, image_std)
-        self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.first_label = first_label
-
-    def forward(
-        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
-    ) -> tuple[Any, list[dict[str, Tensor]] | None]:
-        for i, image in enumerate(images):
-            if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] != self.in_chans:
-                shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-                raise ValueError(
-                    f"images[{i}] is {shape}; this detector takes ({self.in_chans}, H, W) float images in [0, 1]."
-                )
-            if image.shape[1] < 1 or image.shape[2] < 1:
-                raise ValueError(f"images[{i}] is {tuple(image.shape)}: an empty image cannot be detected on.")
-        for i, target in enumerate(targets or []):
-            labels = target.get("labels") if isinstance(target, Mapping) else None
-            if isinstance(labels, Tensor) and labels.numel():
-                low, high = int(labels.min()), int(labels.max())
-                if low < self.first_label or high >= self.num_classes:
-                    raise ValueError(
-                        f"targets[{i}]['labels'] holds {low if low < self.first_label else high}; this detector "
-                        f"has num_classes={self.num_classes}, so labels must be in {self.first_label}…"
-                        f"{self.num_classes - 1}" + (" (0 is the background)." if self.first_label else ".")
-                    )
-        return super().forward(images, targets)
 
 
 def _anchors(
@@ -362,7 +318,7 @@ def build_detector(
     model = spec.model(
         fpn, num_classes=num_classes, **spec.head_args(fpn, anchors, score_thresh, detections_per_img), **head_kwargs
     )
-    model.transform = _CheckedTransform(
+    model.transform = DetectionTransform(
         min_size,
         max_size,
         list(body.mean),

@@ -115,15 +115,18 @@ class Segmenter(nn.Module):
             )
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % self.size_divisor, -width % self.size_divisor
-        if pad_h or pad_w:
+        if self.size_divisor > 1:  # unconditional: an exported graph must pad at every size
             x = F.pad(x, (0, pad_w, 0, pad_h))
         out, c4 = self._logits(x)
-        out = out[..., :height, :width]
+        # cropped by a negative pad rather than a slice: torch.export specialises a slice on whether it
+        # crops anything, and the graph would then take only sizes on one side of that
+        crop = (0, -pad_w, 0, -pad_h)
+        out = F.pad(out, crop) if self.size_divisor > 1 else out
         if self.aux_classifier is None or not self.training:
             return out
         assert c4 is not None
         aux = F.interpolate(self.aux_classifier(c4), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return {"out": out, "aux": aux[..., :height, :width]}
+        return {"out": out, "aux": F.pad(aux, crop) if self.size_divisor > 1 else aux}
 
 
 class DeepLabV3Segmenter(Segmenter):

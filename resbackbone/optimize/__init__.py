@@ -4,19 +4,27 @@
   a frozen, faster copy of a backbone keeping its contract;
 - :mod:`~resbackbone.optimize.folding`: batch norms folded into convolutions;
 - :mod:`~resbackbone.optimize.compiling`: ``torch.compile`` with frozen
-  weights, native bf16/fp16 detection, memory-format measurement.
+  weights, native bf16/fp16 detection, memory-format measurement;
+- :mod:`~resbackbone.optimize.models`: :func:`optimize_model`, the same for a
+  whole segmenter or detector (``predict --fast``, ``evaluate --fast``).
 """
 
 from .compiling import CompileFallbackWarning, compile_frozen, measure_memory_format, native_low_precision
-from .folding import fold_batch_norms
-from .inference_backbone import InferenceBackbone, optimize_for_inference
+from .folding import fold_batch_norms, fold_batch_norms_in_place, fold_sequential_batch_norms
+from .inference_backbone import InferenceBackbone, optimize_for_inference, stages_module
+from .models import FrozenModule, optimize_model
 
 __all__ = [
     "CompileFallbackWarning",
+    "FrozenModule",
     "InferenceBackbone",
     "compile_frozen",
     "fold_batch_norms",
+    "fold_batch_norms_in_place",
+    "fold_sequential_batch_norms",
     "measure_memory_format",
     "native_low_precision",
     "optimize_for_inference",
+    "optimize_model",
+    "stages_module",
 ]

@@ -19,8 +19,11 @@ class CompileFallbackWarning(UserWarning):
 def native_low_precision(device: torch.device | str, dtype: torch.dtype) -> bool:
     """Whether ``device`` computes convolutions in ``dtype`` natively (fast), not by emulation.
 
-    On CPU this asks oneDNN (bf16 needs AVX512-BF16/AMX or AVX2-VNNI-2; fp16 needs
-    AVX512-FP16/AMX-FP16); on CUDA bf16 needs compute capability 8.0 or newer.
+    On CPU this is checked when called, not assumed: oneDNN must take the dtype at
+    the instruction set it is allowed (``ONEDNN_MAX_CPU_ISA`` caps it), and for
+    bf16 the processor must have AVX512-BF16 or AMX (oneDNN also accepts plain
+    AVX512 for bf16, by conversion, which is slower than fp32); fp16 needs
+    AVX512-FP16/AMX-FP16. On CUDA bf16 needs compute capability 8.0 or newer.
     """
     device = torch.device(device)
     if dtype == torch.float32:
@@ -31,9 +34,14 @@ def native_low_precision(device: torch.device | str, dtype: torch.dtype) -> bool
         return True
     probe = "_is_mkldnn_bf16_supported" if dtype == torch.bfloat16 else "_is_mkldnn_fp16_supported"
     try:
-        return bool(getattr(torch.ops.mkldnn, probe)())
+        if not getattr(torch.ops.mkldnn, probe)():
+            return False
     except (AttributeError, RuntimeError):
         return False
+    if dtype != torch.bfloat16:
+        return True
+    instructions = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in instructions)
 
 
 def measure_memory_format(

@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["fold_batch_norms"]
+__all__ = ["fold_batch_norms", "fold_batch_norms_in_place", "fold_sequential_batch_norms"]
 
 
 class _Tracer(fx.Tracer):
@@ -79,3 +81,71 @@ def fold_batch_norms(module: nn.Module) -> tuple[fx.GraphModule, int]:
     gm.recompile()
     gm.delete_all_unused_submodules()
     return gm, folded
+
+
+def _fold_pair(conv: nn.Conv2d, bn: _BatchNorm) -> bool:
+    return (
+        type(conv) is nn.Conv2d
+        and isinstance(bn, _BatchNorm)
+        and not bn.training
+        and bn.track_running_stats
+        and bn.running_mean is not None
+        and conv.out_channels == bn.num_features
+    )
+
+
+def fold_batch_norms_in_place(module: nn.Module, trace: nn.Module | None = None) -> int:
+    """Fold eval batch norms into the convolutions before them, inside ``module`` itself.
+
+    Pairs are found as :func:`fold_batch_norms` finds them, on the graph of
+    ``trace`` (a module whose forward runs ``module``'s layers, e.g. a wrapper
+    calling a backbone's ``forward_stages``; default ``module``); then the
+    convolution in ``module`` is replaced by the folded one and the norm by an
+    identity (timm's ``BatchNormAct2d`` by its activation). Modules stay where
+    they are, so code that calls them by attribute keeps working.
+
+    Returns:
+        The number of norms folded.
+    """
+    from timm.layers import BatchNormAct2d
+
+    root = module if trace is None else trace
+    graph = _Tracer().trace(root)
+    traced = dict(root.named_modules())
+    places = {id(m): name for name, m in module.named_modules()}
+    folded = 0
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(traced.get(node.target), _BatchNorm):
+            continue
+        bn, source = traced[node.target], node.args[0]
+        if not (isinstance(source, fx.Node) and source.op == "call_module" and len(source.users) == 1):
+            continue
+        conv = traced[source.target]
+        if not _fold_pair(conv, bn) or id(conv) not in places or id(bn) not in places:
+            continue
+        _set_submodule(module, places[id(conv)], fuse_conv_bn_eval(conv, bn))
+        _set_submodule(module, places[id(bn)], bn.act if isinstance(bn, BatchNormAct2d) else nn.Identity())
+        folded += 1
+    return folded
+
+
+def fold_sequential_batch_norms(module: nn.Module) -> int:
+    """Fold every eval batch norm that follows a plain ``Conv2d`` in the same ``nn.Sequential``.
+
+    In a ``Sequential`` the order of the children is the order they run in, so
+    no tracing is needed: this covers the heads (smp's ``Conv2dReLU`` and ASPP
+    branches, torchvision's ``DeepLabHead``).
+
+    Returns:
+        The number of norms folded.
+    """
+    folded = 0
+    for parent in list(module.modules()):
+        if not isinstance(parent, nn.Sequential):
+            continue
+        for (first, conv), (second, bn) in itertools.pairwise(list(parent.named_children())):
+            if type(bn) is nn.BatchNorm2d and _fold_pair(conv, bn):
+                setattr(parent, first, fuse_conv_bn_eval(conv, bn))
+                setattr(parent, second, nn.Identity())
+                folded += 1
+    return folded

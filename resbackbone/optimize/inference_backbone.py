@@ -41,7 +41,7 @@ from ..backbone import Backbone, check_input
 from .compiling import CompileFallbackWarning, compile_frozen, measure_memory_format, native_low_precision
 from .folding import fold_batch_norms
 
-__all__ = ["InferenceBackbone", "optimize_for_inference"]
+__all__ = ["InferenceBackbone", "optimize_for_inference", "stages_module"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _CONTIGUOUS_MARGIN = 0.9  # contiguous must be 10 % faster to be chosen
@@ -56,6 +56,12 @@ class _Levels(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         return tuple(self.body.forward_stages(x).values())
+
+
+def stages_module(backbone: Backbone) -> nn.Module:
+    """A module whose forward is ``backbone``'s :meth:`~resbackbone.Backbone.forward_stages` as a tuple of levels,
+    traceable by ``torch.fx`` (what batch-norm folding traces)."""
+    return _Levels(backbone)
 
 
 class InferenceBackbone(nn.Module):

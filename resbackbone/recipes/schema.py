@@ -145,7 +145,9 @@ class OptimConfig(_Section):
         schedule: ``cosine``, ``step`` or ``constant`` after warm-up.
         milestones: ``step``: epochs at which the rate is multiplied by ``gamma``.
         gamma: ``step``: the factor.
-        amp: ``none``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with a gradient scaler).
+        amp: ``auto`` (bf16 where the device computes it natively — CUDA with bf16, CPUs with
+            AVX512-BF16 or AMX — else ``none``; the run's summary says which), ``none`` (fp32),
+            ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with a gradient scaler).
         ema: Decay of an exponential moving average of the weights, evaluated
             and saved as the model (e.g. 0.999); ``null`` for none.
     """
@@ -164,7 +166,7 @@ class OptimConfig(_Section):
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     milestones: list[int] = Field(default_factory=list)
     gamma: float = Field(default=0.1, gt=0)
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     ema: float | None = Field(default=None, gt=0, lt=1)
 
 
@@ -197,7 +199,11 @@ class RunConfig(_Section):
         max_steps_per_epoch: Cap on steps per epoch (quick trials); ``null`` for a full pass.
         nan_policy: ``stop`` the run on a NaN/Inf loss, or ``skip`` the batch and count it.
         overlays: Validation images drawn with their predictions at the end.
-        channels_last: Run the model in channels-last memory format.
+        channels_last: Run the model in channels-last memory format: ``true``, ``false``, or ``auto``
+            (time a training step in both formats at the start and keep the faster; channels-last
+            unless contiguous is clearly faster, as ``optimize_for_inference`` chooses).
+        compile: Compile the training step with ``torch.compile`` (the whole segmenter; a detector's
+            backbone and FPN). The first steps take longer while it compiles.
     """
 
     output: str = "runs/{name}"
@@ -208,7 +214,8 @@ class RunConfig(_Section):
     max_steps_per_epoch: int | None = Field(default=None, ge=1)
     nan_policy: Literal["stop", "skip"] = "stop"
     overlays: int = Field(default=4, ge=0)
-    channels_last: bool = False
+    channels_last: bool | Literal["auto"] = False
+    compile: bool = False
 
 
 class Recipe(_Section):

@@ -1,0 +1,166 @@
+"""How a training run is made fast: the precision ``optim.amp: auto`` picks, the memory format
+``run.channels_last: auto`` measures, and the compiled training step of ``run.compile``.
+
+``auto`` settings are resolved once, when the :class:`~resbackbone.engine.Trainer`
+is built; the run's start line and ``summary.json`` say what was chosen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..optimize import native_low_precision
+from .evaluate import autocast
+
+__all__ = [
+    "compile_for_training",
+    "measure_training_memory_format",
+    "prefer_channels_last",
+    "resolve_amp",
+    "sample_batch",
+]
+
+_CONTIGUOUS_MARGIN = 0.9  # contiguous must be 10 % faster to be chosen, as optimize_for_inference decides
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The autocast precision ``optim.amp`` means on ``device``: ``"none"``, ``"bf16"`` or ``"fp16"``.
+
+    ``"auto"`` is ``"bf16"`` where the device computes bf16 natively (CUDA with
+    bf16 support; a CPU with AVX512-BF16 or AMX, as oneDNN reports it), else
+    ``"none"``: an emulated bf16 step is slower than fp32.
+
+    Raises:
+        ValueError: ``"fp16"`` on a device other than CUDA.
+    """
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("optim.amp='fp16' needs a CUDA device; use amp: bf16 on the CPU, or amp: none (or auto).")
+    if amp != "auto":
+        return amp
+    return "bf16" if native_low_precision(device, torch.bfloat16) else "none"
+
+
+@contextlib.contextmanager
+def _rng_kept() -> Iterator[None]:
+    state = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def sample_batch(task: str, batch: int, in_chans: int, hw: tuple[int, int], num_classes: int) -> tuple[Any, Any]:
+    """A seeded synthetic training batch: images and masks, or a list of images and of target dicts
+    (4 boxes each)."""
+    generator = torch.Generator().manual_seed(0)
+    h, w = hw
+    images = torch.rand(batch, in_chans, h, w, generator=generator)
+    if task == "segmentation":
+        return images, torch.randint(0, num_classes, (batch, h, w), generator=generator)
+    targets = []
+    for _ in range(batch):
+        xy = torch.rand(4, 2, generator=generator) * torch.tensor([w, h]) * 0.6
+        wh = torch.rand(4, 2, generator=generator) * torch.tensor([w, h]) * 0.3 + 4
+        boxes = torch.cat([xy, torch.minimum(xy + wh, torch.tensor([w, h]))], dim=1)
+        targets.append({"boxes": boxes, "labels": torch.randint(1, max(2, num_classes), (4,), generator=generator)})
+    return list(images), targets
+
+
+def measure_training_memory_format(
+    model: nn.Module,
+    *,
+    task: str,
+    loss_fn: Any,
+    batch: int,
+    hw: tuple[int, int],
+    in_chans: int,
+    num_classes: int,
+    device: torch.device,
+    amp: str,
+    rounds: int = 2,
+) -> dict[str, float]:
+    """Seconds of one training step (forward and backward, no update) in each memory format.
+
+    Copies of ``model`` take the steps on a synthetic batch of the run's shape, in
+    alternating rounds (best of ``rounds`` after one warm-up each); the model, its
+    batch-norm statistics and the random state are left as they were.
+
+    Args:
+        model: The model to train (not changed).
+        task: ``"detection"`` or ``"segmentation"``.
+        loss_fn: Segmentation: ``(output, masks) -> {name: loss}``; ignored for detection.
+        batch: Images per step.
+        hw: Training crop ``(height, width)``.
+        in_chans: Input channels.
+        num_classes: Classes the head predicts.
+        device: Where the run trains.
+        amp: The resolved autocast precision.
+        rounds: Timed steps per format.
+
+    Returns:
+        ``{"contiguous": seconds, "channels_last": seconds}``.
+    """
+    images, targets = sample_batch(task, batch, in_chans, hw, num_classes)
+    formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    times: dict[str, list[float]] = {name: [] for name in formats}
+    with _rng_kept():
+        runs = {}
+        for name, fmt in formats.items():
+            trial = copy.deepcopy(model).to(device, memory_format=fmt).train()
+            if isinstance(images, Tensor):
+                x: Any = images.to(device, memory_format=fmt)
+                y: Any = targets.to(device)
+            else:
+                x = [im.to(device) for im in images]
+                y = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            runs[name] = (trial, x, y)
+
+        def step(trial: nn.Module, x: Any, y: Any) -> None:
+            with autocast(device, amp):
+                losses = trial(x, y) if task == "detection" else loss_fn(trial(x), y)
+            sum(losses.values()).backward()
+            trial.zero_grad(set_to_none=True)
+
+        for run in runs.values():
+            step(*run)
+        for _ in range(rounds):
+            for name, run in runs.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                step(*run)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
+
+
+def prefer_channels_last(timings: dict[str, float]) -> bool:
+    """Channels-last unless contiguous was at least 10 % faster in :func:`measure_training_memory_format`."""
+    return timings["contiguous"] > _CONTIGUOUS_MARGIN * timings["channels_last"]
+
+
+def compile_for_training(model: nn.Module, task: str) -> list[str]:
+    """Compile the training step in place (``nn.Module.compile``: the state-dict keys stay the same).
+
+    A segmenter is compiled whole; for a torchvision detector, its backbone and
+    FPN (the bulk of the step; proposal sampling and NMS stay eager).
+
+    Returns:
+        The names of the submodules compiled (``""`` for the whole model).
+    """
+    if task == "segmentation":
+        model.compile()
+        return [""]
+    model.backbone.compile()
+    return ["backbone"]

@@ -1,0 +1,79 @@
+"""Prediction overlays drawn with PIL on the image at its own resolution: boxes with their class and score, or masks.
+
+No torch import: the ONNX Runtime and the PyTorch backends of ``predict`` draw the same pictures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["PALETTE", "display_image", "draw_boxes", "draw_mask"]
+
+PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe")
+"""Class colours, in class order (detection label 1 and segmentation class 1 take the first)."""
+
+
+def _rgb(color: str) -> tuple[int, int, int]:
+    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
+
+
+def display_image(image: np.ndarray) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 picture of a decoded image (uint8, or float in [0, 1]; 1 to 4 channels)."""
+    pixels = image if image.dtype == np.uint8 else (np.clip(image.astype(np.float32), 0, 1) * 255).round()
+    pixels = pixels.astype(np.uint8)
+    if pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    return np.ascontiguousarray(pixels[..., :3])
+
+
+def draw_boxes(
+    image: np.ndarray, boxes: np.ndarray, labels: list[str], scores: np.ndarray, colors: list[int]
+) -> np.ndarray:
+    """``image`` with ``boxes`` (xyxy, its pixels) outlined and captioned ``"<label> <score>"``.
+
+    Args:
+        image: A decoded image (see :func:`display_image`).
+        boxes: ``(K, 4)``.
+        labels: K class names.
+        scores: K scores.
+        colors: K palette indices.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+    """
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(display_image(image))
+    draw = ImageDraw.Draw(picture)
+    width = max(1, round(max(picture.size) / 300))
+    for box, label, score, color in zip(boxes, labels, scores, colors):
+        rgb = _rgb(PALETTE[color % len(PALETTE)])
+        x1, y1, x2, y2 = (float(v) for v in box)
+        draw.rectangle((x1, y1, x2, y2), outline=rgb, width=width)
+        text = f"{label} {float(score):.2f}"
+        left, top, right, bottom = draw.textbbox((x1, y1), text)
+        lift = bottom - top + 2
+        y = y1 - lift if y1 - lift >= 0 else y1
+        draw.rectangle((x1, y, x1 + right - left + 2, y + lift), fill=rgb)
+        draw.text((x1 + 1, y), text, fill=(255, 255, 255))
+    return np.asarray(picture)
+
+
+def draw_mask(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """``image`` with every class but 0 (the background) tinted in its colour.
+
+    Args:
+        image: A decoded image (see :func:`display_image`).
+        mask: ``(H, W)`` class indices at the image's size.
+        alpha: Opacity of the tint.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+    """
+    picture = display_image(image).astype(np.float32)
+    colors = np.array([(0, 0, 0), *(_rgb(c) for c in PALETTE)], dtype=np.float32)
+    index = np.where(mask > 0, (mask - 1) % len(PALETTE) + 1, 0)
+    tint = colors[index]
+    painted = mask[..., None] > 0
+    out = np.where(painted, picture * (1 - alpha) + tint * alpha, picture)
+    return out.round().astype(np.uint8)

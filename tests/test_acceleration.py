@@ -1,0 +1,171 @@
+"""Training speed settings (``optim.amp: auto``, ``run.channels_last: auto``, ``run.compile``) and ``best.pt``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from resbackbone.engine import Trainer
+from resbackbone.engine import acceleration as acc
+from resbackbone.engine.checkpoint import BEST_FORMAT, load_checkpoint, load_model, resume_state
+from resbackbone.recipes import load_recipe
+
+from .conftest import REPO_ROOT
+from .engine_data import tiny_overrides
+
+
+def _recipe(tmp_path: Path, *extra: str) -> object:
+    return load_recipe(
+        REPO_ROOT / "recipes" / "quickstart.yaml",
+        overrides=[*tiny_overrides(tmp_path / "run"), "run.overlays=0", "optim.epochs=1", *extra],
+    )
+
+
+@pytest.mark.parametrize(("native", "expected"), [(False, "none"), (True, "bf16")], ids=["emulated", "native"])
+def test_amp_auto_is_bf16_only_where_native(native: bool, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(acc, "native_low_precision", lambda device, dtype: native)
+    assert acc.resolve_amp("auto", torch.device("cpu")) == expected
+    assert acc.resolve_amp("none", torch.device("cpu")) == "none"
+    assert acc.resolve_amp("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_amp_auto_is_fp32_on_a_cpu_without_native_bf16() -> None:
+    """The check is made on the machine, not assumed of a CPU: oneDNN capped at AVX2 (``ONEDNN_MAX_CPU_ISA``)
+    computes no bf16 natively, whatever the processor underneath has."""
+    code = (
+        "import torch; from resbackbone.engine.acceleration import resolve_amp; "
+        "from resbackbone.optimize import native_low_precision; "
+        "print(resolve_amp('auto', torch.device('cpu')), native_low_precision('cpu', torch.bfloat16))"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["none", "False"]
+
+
+def test_amp_auto_is_bf16_on_a_cpu_with_avx512_bf16() -> None:
+    if not torch.cpu._is_avx512_bf16_supported():
+        pytest.skip("this CPU has no AVX512-BF16")
+    assert acc.resolve_amp("auto", torch.device("cpu")) == "bf16"
+
+
+def test_amp_fp16_on_cpu_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"optim\.amp='fp16' needs a CUDA device; use amp: bf16"):
+        acc.resolve_amp("fp16", torch.device("cpu"))
+
+
+def test_recipes_default_to_amp_auto() -> None:
+    recipe = load_recipe(REPO_ROOT / "recipes" / "quickstart.yaml")
+    assert recipe.optim.amp == "auto"
+    assert (
+        load_recipe(REPO_ROOT / "recipes" / "quickstart.yaml", overrides=["run.channels_last=auto"]).run.channels_last
+        == "auto"
+    )
+
+
+def test_auto_settings_are_chosen_said_and_recorded(
+    tmp_path: Path, session_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CPU without native bf16 trains in fp32 under amp: auto; channels_last: auto times both formats,
+    leaves the model and the random state as they were, and the choice reaches the log and summary.json."""
+    monkeypatch.setattr(acc, "native_low_precision", lambda device, dtype: False)
+    timings = {"contiguous": 1.0, "channels_last": 2.0}  # contiguous clearly faster
+    calls = []
+
+    def measure(model: torch.nn.Module, **kwargs: object) -> dict[str, float]:
+        calls.append(kwargs)
+        return acc.measure_training_memory_format(model, **kwargs) and timings
+
+    monkeypatch.setattr("resbackbone.engine.trainer.measure_training_memory_format", measure)
+    plain = Trainer(_recipe(tmp_path / "plain", "optim.amp=none", "run.channels_last=false"), progress=False)
+    rng = torch.get_rng_state()
+    trainer = Trainer(_recipe(tmp_path, "optim.amp=auto", "run.channels_last=auto"), progress=True)
+    assert torch.equal(torch.get_rng_state(), rng), "measuring consumed the random state"
+    plain_state = plain.model.state_dict()
+    assert all(torch.equal(plain_state[k], v) for k, v in trainer.model.state_dict().items()), "measuring moved weights"
+    assert trainer.amp == "none" and trainer.channels_last is False
+    assert calls and calls[0]["amp"] == "none" and calls[0]["batch"] == 2
+    summary = trainer.fit()
+    assert (summary["amp"], summary["channels_last"], summary["compiled"]) == ("none", False, [])
+    log = capsys.readouterr().out
+    assert "fp32 (amp: auto; bf16 is not native on this cpu), contiguous (measured: channels-last 2000 ms" in log
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["amp"] == "none"
+
+
+def test_memory_format_measurement_leaves_the_model_alone() -> None:
+    from resbackbone import build_segmenter
+
+    model = build_segmenter("deeplabv3plus", backbone="test_resnet", num_classes=3).train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    times = acc.measure_training_memory_format(
+        model,
+        task="segmentation",
+        loss_fn=lambda out, y: {"ce": torch.nn.functional.cross_entropy(out, y)},
+        batch=2,
+        hw=(32, 32),
+        in_chans=3,
+        num_classes=3,
+        device=torch.device("cpu"),
+        amp="none",
+        rounds=1,
+    )
+    assert set(times) == {"contiguous", "channels_last"} and all(t > 0 for t in times.values())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert acc.prefer_channels_last({"contiguous": 1.0, "channels_last": 1.05})
+    assert not acc.prefer_channels_last({"contiguous": 1.0, "channels_last": 1.2})
+
+
+def test_best_pt_holds_weights_recipe_and_classes_only(tmp_path: Path, session_cache: Path) -> None:
+    trainer = Trainer(_recipe(tmp_path, "optim.ema=0.9"), progress=False)
+    trainer.fit()
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert best["format"] == BEST_FORMAT and best["format_version"] == 1
+    assert set(best) == {
+        "format", "format_version", "model", "recipe", "classes", "epoch", "step", "metrics", "resbackbone_version"
+    }  # fmt: skip
+    assert "optimizer" in last and "rng" in last
+    # best.pt's weights are the evaluated ones: the EMA's
+    for key, value in last["ema"].items():
+        assert torch.equal(best["model"][key], value), key
+    assert (tmp_path / "run" / "best.pt").stat().st_size < (tmp_path / "run" / "last.pt").stat().st_size
+    _, recipe, classes = load_model(tmp_path / "run" / "best.pt")
+    assert classes == trainer.classes and recipe.name == trainer.recipe.name
+    with pytest.raises(ValueError, match=r"--resume: .*best\.pt is a best\.pt .* resumes from its last\.pt"):
+        resume_state(tmp_path / "run" / "best.pt", trainer.classes)
+    # a run's best.pt is a backbone weight file too (backbone_weights: runs/x/best.pt)
+    from resbackbone import create_backbone
+
+    backbone = create_backbone("test_resnet", weights=str(tmp_path / "run" / "best.pt"))
+    assert torch.equal(backbone.state_dict()["conv1.0.weight"], best["model"]["model.encoder.backbone.conv1.0.weight"])
+
+
+def test_compiled_training_step_keeps_the_state_dict_keys(tmp_path: Path, session_cache: Path) -> None:
+    plain = Trainer(_recipe(tmp_path / "a"), progress=False)
+    compiled = Trainer(_recipe(tmp_path / "b", "run.compile=true"), progress=False)
+    assert compiled.compiled == [""]
+    assert list(compiled.model.state_dict()) == list(plain.model.state_dict())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["deeplabv3plus", "faster_rcnn"])
+def test_compiled_training_step_trains(head: str, tmp_path: Path, session_cache: Path) -> None:
+    """Compiling takes a minute on two cores: one compiled epoch per head family, with its checkpoints."""
+    extra = [f"model.head={head}", "run.compile=true", "run.channels_last=true"]
+    if head == "faster_rcnn":
+        from .engine_data import write_dataset
+
+        extra = write_dataset("voc", tmp_path / "data") + extra
+    recipe = load_recipe(
+        REPO_ROOT / "recipes" / ("quickstart.yaml" if head != "faster_rcnn" else "bccd_faster_rcnn.yaml"),
+        overrides=[*tiny_overrides(tmp_path / "run"), "run.overlays=0", *extra],
+    )
+    summary = Trainer(recipe, progress=False).fit()
+    assert summary["compiled"] == (["backbone"] if head == "faster_rcnn" else [""]) and summary["channels_last"]
+    assert load_model(tmp_path / "run" / "best.pt")[2]
