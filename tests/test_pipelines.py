@@ -1,0 +1,44 @@
+"""The whole-model bench (``resbackbone bench --models``): its options are checked, and its rows compare outputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from resbackbone.bench.pipelines import PipelineConfig, format_pipelines, run_pipelines
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"models": ("unet",)}, "unet"),
+        ({"rows": ("ours-tensorrt",)}, "ours-tensorrt"),
+        ({"size": 32}, "size=32"),
+        ({"batch_size": 0}, "batch_size=0"),
+    ],
+)
+def test_options_outside_the_table_are_refused_naming_them(options, named):
+    with pytest.raises(ValueError) as info:
+        PipelineConfig(**options)
+    assert named in str(info.value)
+    assert "expected" in str(info.value)
+
+
+def test_onnxruntime_row_agrees_with_eager_and_the_library_row_says_why_it_is_skipped():
+    pytest.importorskip("onnxruntime", reason="the [export] extra (onnx, onnxruntime, onnxscript) is not installed")
+    config = PipelineConfig(
+        models=("deeplabv3plus",),
+        backbone="test_resnet",
+        batch_size=2,
+        size=64,
+        rows=("ours-eager", "ours-onnxruntime", "library"),
+        warmup=1,
+        repeats=1,
+    )
+    result = run_pipelines(config)
+    rows = {row["row"]: row for row in result["rows"]}
+    assert rows["ours-eager"]["agreement"] == 1.0
+    assert rows["ours-onnxruntime"]["status"] == "ok"
+    assert rows["ours-onnxruntime"]["agreement"] >= 0.999
+    assert rows["smp"]["status"] == "skipped" and "resnet50" in rows["smp"]["note"]
+    table = format_pipelines(result)
+    assert "| deeplabv3plus | ours-onnxruntime |" in table and "skipped" in table
