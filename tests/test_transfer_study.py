@@ -1,0 +1,100 @@
+"""benchmarks/transfer.py, the label-efficiency study, on generated tiny datasets: every cell runs with its budget,
+the pretraining sees only training images, the report holds every cell, and a second call resumes (runs nothing
+done, reruns what is missing)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO_ROOT
+from .engine_data import tiny_overrides, write_dataset
+
+pytest.importorskip("lightly")
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+transfer = pytest.importorskip("transfer")
+
+# what the study sets itself (budget, seed, output) is left to it
+_STUDY_SETS = ("optim.epochs=", "run.max_steps_per_epoch=", "run.output=")
+
+
+def _study(tmp_path: Path) -> tuple[transfer.Study, Path]:
+    data = tmp_path / "data"
+    tiny = [s for s in tiny_overrides(tmp_path / "unused") if not s.startswith(_STUDY_SETS)] + ["run.overlays=0"]
+    voc = [*write_dataset("voc", data / "voc"), *tiny]
+    masks = [*write_dataset("mask_folder", data / "masks"), *tiny, "data.crop_size=null"]
+    recipe = tmp_path / "pretrain.yaml"
+    recipe.write_text(
+        """
+name: tiny_pretrain
+model: {backbone: test_resnet}
+pretrain: {method: simclr, images: [{folder: unused}], views: {resize: 48, crop_size: 32}}
+optim: {optimizer: adamw, lr: 0.003, epochs: 1, batch_size: 4}
+run: {workers: 0, device: cpu, seed: 0}
+"""
+    )
+    tasks = (
+        transfer.Task("det", "recipes/bccd_faster_rcnn_cpu.yaml", "voc", "map50", 2, 1, "seg", tuple(voc)),
+        transfer.Task("seg", "recipes/dsb2018_deeplabv3plus_cpu.yaml", "masks", "dice", 2, 1, "det", tuple(masks)),
+    )
+    return transfer.Study("tiny", tasks, str(recipe), fractions=(0.5, 1.0), seeds=(0,)), data
+
+
+def test_the_study_runs_every_cell_and_resumes(tmp_path: Path) -> None:
+    study, data = _study(tmp_path)
+    out, lines = tmp_path / "out", []
+    report = transfer.run_study(study, data, out, log=lines.append)
+    assert report["cells_done"] == report["cells_planned"] == 12
+    for cell in report["cells"]:
+        assert cell["steps"] == 2 and math.isfinite(cell["test"]), cell
+        assert cell["train_images"]["images"] == (2 if cell["fraction"] == 0.5 else 4), cell
+    assert {(r["task"], r["start"], r["fraction"]): r["n"] for r in report["summary"]} == {
+        (t, s, f): 1 for t in ("det", "seg") for s in transfer.STARTS for f in (0.5, 1.0)
+    }
+    assert len(report["gains"]) == 4 and all(g["met"] is None for g in report["gains"] if g["fraction"] == 1.0)
+
+    # pretraining saw the training images of both tasks, none of val or test
+    pretrain = json.loads((out / "runs" / "pretrain" / "summary.json").read_text())
+    assert pretrain["images"] == 8
+    assert report["pretrain"]["images_per_s"] > 0
+    # the starts load what they say: the pretrained backbone, the other task's 100% random-init run
+    cells = {(c["task"], c["start"], c["fraction"]): c for c in report["cells"]}
+    assert "backbone.safetensors" in cells["det", "ssl", 0.5]["command"]
+    assert f"model.backbone_weights={out}/runs/seg/seg-random-f100-s0 " in cells["det", "supervised", 0.5]["command"]
+    assert "model.backbone_weights=null" in cells["seg", "random", 0.5]["command"]
+    commands = (out / "commands.sh").read_text().splitlines()
+    assert sum(c.startswith("resbackbone ") for c in commands) == 13
+
+    table = (out / "transfer.md").read_text()
+    assert table.count("| random init |") == 2 and "better pretrained − random" in table
+    assert (out / "transfer.png").stat().st_size > 0
+    assert not list(out.rglob("*.partial*")) and not list(out.rglob("*.tmp"))
+
+    # a second call runs nothing; a lost result reruns that cell only (its run folder is complete)
+    lines.clear()
+    assert transfer.run_study(study, data, out, log=lines.append)["cells_done"] == 12
+    assert not [line for line in lines if line.startswith("[") and "pretrain" not in line]
+    (out / "cells" / "seg-ssl-f050-s0.json").unlink()
+    transfer.run_study(study, data, out, log=lines.append)
+    assert [line.split(":")[0] for line in lines if line.startswith("[") and "pretrain" not in line] == ["[7/12] seg-ssl-f050-s0"]
+
+
+def test_a_budget_that_does_not_fit_the_smallest_fraction_is_refused(tmp_path: Path) -> None:
+    study, data = _study(tmp_path)
+    task = replace(study.tasks[0], budget=4, steps_per_epoch=2)  # 50% of 4 images at batch 2 is 1 step
+    study = replace(study, tasks=(task, study.tasks[1]), starts=("random",))
+    with pytest.raises(ValueError, match=r"task 'det': 50% of the training images gives 1 steps per epoch, not "):
+        transfer.run_study(study, data, tmp_path / "out", log=lambda line: None)
+
+
+def test_a_plan_without_the_supervised_source_is_refused(tmp_path: Path) -> None:
+    study, _ = _study(tmp_path)
+    with pytest.raises(ValueError, match="the supervised start takes the random-init run on 100%"):
+        transfer.plan(replace(study, fractions=(0.1, 0.25)))
+    with pytest.raises(ValueError, match=r"source 'nope' is not a task of the study \['det', 'seg'\]"):
+        transfer.plan(replace(study, tasks=(replace(study.tasks[0], source="nope"), study.tasks[1])))
