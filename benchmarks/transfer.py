@@ -28,147 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from transfer_configs import REPO, STUDIES, Cell, Study, plan
+
 from resbackbone.engine.checkpoint import atomic_write_bytes
-
-REPO = Path(__file__).resolve().parents[1]
-STARTS = ("random", "ssl", "supervised")
-START_NAMES = {
-    "random": "random init",
-    "ssl": "self-supervised (train images of both datasets)",
-    "supervised": "supervised on the other dataset",
-}
-
-
-@dataclass(frozen=True)
-class Task:
-    """One dataset of the study and how every cell fine-tunes on it.
-
-    Attributes:
-        name: Short name (``bccd``); also the folder of run outputs.
-        recipe: The fine-tuning recipe, relative to the repository root.
-        data: The dataset folder, relative to ``--data``.
-        metric: The test metric reported (the recipe's ``eval.metric``).
-        budget: Optimiser updates of every cell, whatever the label fraction.
-        steps_per_epoch: ``run.max_steps_per_epoch``: no more than the smallest fraction
-            gives, so that every cell's epochs hold the same number of updates.
-        source: The task whose supervised run gives the ``supervised`` start.
-        overrides: ``--set`` values for every cell (image size, batch, ...).
-    """
-
-    name: str
-    recipe: str
-    data: str
-    metric: str
-    budget: int
-    steps_per_epoch: int
-    source: str
-    overrides: tuple[str, ...] = ()
-
-    @property
-    def epochs(self) -> int:
-        return self.budget // self.steps_per_epoch
-
-
-@dataclass(frozen=True)
-class Study:
-    """A configuration of the study: tasks, fractions, seeds and the pretraining run."""
-
-    name: str
-    tasks: tuple[Task, ...]
-    pretrain_recipe: str
-    pretrain_overrides: tuple[str, ...] = ()
-    fractions: tuple[float, ...] = (0.1, 0.25, 1.0)
-    seeds: tuple[int, ...] = (0, 1)
-    starts: tuple[str, ...] = STARTS
-    note: str = ""
-    target: float = 0.05  # the better pretrained start beats random init by this much at fractions < 1
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-# no val evaluation on the CPU: each cell is scored once, on test, after its budget (there is no best to pick)
-_CPU_RUN = ("data.val=null", "run.overlays=0", "run.workers=2", "run.device=cpu")
-STUDIES: dict[str, Study] = {
-    "cpu": Study(
-        name="cpu",
-        note="ResNet-18, 2 CPU cores: about an hour on a quiet machine",
-        tasks=(
-            Task(
-                "bccd", "recipes/bccd_faster_rcnn_cpu.yaml", "bccd", "map50", budget=40, steps_per_epoch=5,
-                source="dsb2018", overrides=("optim.warmup_epochs=1", *_CPU_RUN),
-            ),
-            Task(
-                "dsb2018", "recipes/dsb2018_deeplabv3plus_cpu.yaml", "dsb2018_nuclei", "dice", budget=40,
-                steps_per_epoch=2, source="bccd",
-                overrides=("data.image_size=256", "data.crop_size=128", "optim.batch_size=4", "optim.warmup_epochs=2",
-                           "eval.batch_size=4", *_CPU_RUN),
-            ),
-        ),
-        pretrain_recipe="recipes/pretrain/simclr_resnet18_cpu.yaml",
-        pretrain_overrides=("pretrain.views.crop_size=64", "optim.epochs=30", "optim.warmup_epochs=2",
-                            "pretrain.monitor_every=10", "run.workers=2", "run.device=cpu"),
-    ),
-    "gpu": Study(
-        name="gpu",
-        note="ResNet-18, one GPU: full-resolution BCCD, 512 px DSB2018, 10x the updates and 200 pretraining epochs",
-        tasks=(
-            Task(
-                "bccd", "recipes/bccd_faster_rcnn_cpu.yaml", "bccd", "map50", budget=600, steps_per_epoch=5,
-                source="dsb2018",
-                overrides=("data.image_size=[480, 640]", "optim.warmup_epochs=10", "optim.amp=bf16",
-                           "run.channels_last=true", "run.overlays=0", "run.workers=8"),
-            ),
-            Task(
-                "dsb2018", "recipes/dsb2018_deeplabv3plus_cpu.yaml", "dsb2018_nuclei", "dice", budget=600,
-                steps_per_epoch=2, source="bccd",
-                overrides=("data.image_size=512", "data.crop_size=256", "optim.batch_size=4", "optim.warmup_epochs=20",
-                           "eval.batch_size=4", "optim.amp=bf16", "run.channels_last=true", "run.overlays=0",
-                           "run.workers=8"),
-            ),
-        ),
-        pretrain_recipe="recipes/pretrain/simclr_resnet18_cpu.yaml",
-        pretrain_overrides=("pretrain.views.resize=512", "pretrain.views.crop_size=160", "optim.epochs=200",
-                            "optim.batch_size=256", "optim.lr=0.004", "optim.warmup_epochs=10", "optim.amp=bf16",
-                            "run.channels_last=true", "pretrain.monitor_every=20", "run.workers=8"),
-    ),
-}
-
-
-@dataclass(frozen=True)
-class Cell:
-    task: Task
-    start: str
-    fraction: float
-    seed: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.task.name}-{self.start}-f{round(self.fraction * 100):03d}-s{self.seed}"
-
-
-def plan(study: Study) -> list[Cell]:
-    """Every cell, in the order they run: the supervised sources first, then seed by seed, fewest labels first."""
-    names = {t.name for t in study.tasks}
-    for task in study.tasks:
-        if "supervised" in study.starts and task.source not in names:
-            raise ValueError(f"task {task.name!r}: source {task.source!r} is not a task of the study {sorted(names)}")
-    if "supervised" in study.starts and (1.0 not in study.fractions or "random" not in study.starts):
-        raise ValueError("the supervised start takes the random-init run on 100% of the other task: keep both")
-    sources = [Cell(t, "random", 1.0, s) for s in study.seeds for t in study.tasks]
-    rest = [
-        Cell(t, start, f, s)
-        for s in study.seeds
-        for f in sorted(study.fractions)
-        for t in study.tasks
-        for start in study.starts
-    ]
-    return sources + [c for c in rest if c not in sources]
-
 
 # ---------------------------------------------------------------------------------------------- commands
 
@@ -312,9 +179,13 @@ def run_study(study: Study, data: Path, out: Path, *, dry_run: bool = False, log
     cells = plan(study)
     out.mkdir(parents=True, exist_ok=True)
     commands = [command("pretrain", study.pretrain_recipe, pretrain_overrides(study, data), out / "runs" / "pretrain")]
-    commands += [command("finetune", c.task.recipe, finetune_overrides(study, c, out), run_folder(out, c), data / c.task.data)
-                 for c in cells]
-    atomic_write_bytes(out / "commands.sh", ("#!/usr/bin/env bash\nset -euo pipefail\n" + "\n".join(commands) + "\n").encode())
+    commands += [
+        command("finetune", c.task.recipe, finetune_overrides(study, c, out), run_folder(out, c), data / c.task.data)
+        for c in cells
+    ]
+    atomic_write_bytes(
+        out / "commands.sh", ("#!/usr/bin/env bash\nset -euo pipefail\n" + "\n".join(commands) + "\n").encode()
+    )
     if dry_run:
         log("\n".join(commands))
         return {}
@@ -324,12 +195,11 @@ def run_study(study: Study, data: Path, out: Path, *, dry_run: bool = False, log
     results: dict[str, dict[str, Any]] = {}
     pretrain: dict[str, Any] | None = None
     done_times: list[float] = []
-    needs_pretrain = "ssl" in study.starts
+    if "ssl" in study.starts:
+        log(f"[pretrain] {study.pretrain_recipe} on the training images of {', '.join(t.name for t in study.tasks)}")
+        pretrain = run_pretrain(study, data, out)
+        log(f"[pretrain] done: {pretrain['seconds'] / 60:.1f} min, {pretrain['images_per_s']:.1f} images/s")
     for index, cell in enumerate(cells, 1):
-        if needs_pretrain and pretrain is None and cell.start == "ssl":
-            log(f"[pretrain] {study.pretrain_recipe} on the training images of {', '.join(t.name for t in study.tasks)}")
-            pretrain = run_pretrain(study, data, out)
-            log(f"[pretrain] done: {pretrain['seconds'] / 60:.1f} min, {pretrain['images_per_s']:.1f} images/s")
         path = out / "cells" / f"{cell.key}.json"
         if path.is_file():
             results[cell.key] = json.loads(path.read_text())
@@ -345,8 +215,6 @@ def run_study(study: Study, data: Path, out: Path, *, dry_run: bool = False, log
             f"about {eta:.0f} min left"
         )
         write_report(out, study_dict(study), machine, pretrain, list(results.values()), started, len(cells))
-    if needs_pretrain and pretrain is None:
-        pretrain = run_pretrain(study, data, out)
     return write_report(out, study_dict(study), machine, pretrain, list(results.values()), started, len(cells))
 
 
@@ -375,5 +243,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     raise SystemExit(main())

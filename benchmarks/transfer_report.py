@@ -14,14 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from transfer_configs import START_NAMES
+
 from resbackbone.engine.checkpoint import atomic_write_bytes
 
 SCHEMA_VERSION = 1
-_STARTS = {
-    "random": "random init",
-    "ssl": "self-supervised (train images of both datasets)",
-    "supervised": "supervised on the other dataset",
-}
 
 
 def summarize(study: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -46,7 +43,8 @@ def summarize(study: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[s
                         "sd": statistics.stdev(values) if len(values) > 1 else None,
                         "values": values,
                         "seeds": [c["seed"] for c in mine],
-                        "val_mean": statistics.fmean(v) if (v := [c["val"] for c in mine if c["val"] is not None])
+                        "val_mean": statistics.fmean(v)
+                        if (v := [c["val"] for c in mine if c["val"] is not None])
                         else None,
                     }
                 )
@@ -100,7 +98,7 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         for start in study["starts"]:
             mine = {r["fraction"]: r for r in rows if (r["task"], r["start"]) == (task["name"], start)}
-            lines.append(f"| {_STARTS[start]} | " + " | ".join(_cell(mine[f]) for f in fractions) + " |")
+            lines.append(f"| {START_NAMES[start]} | " + " | ".join(_cell(mine[f]) for f in fractions) + " |")
         gained = {g["fraction"]: g for g in report["gains"] if g["task"] == task["name"]}
         if gained:
             lines.append(
@@ -114,7 +112,13 @@ def markdown(report: dict[str, Any]) -> str:
     by_task = {
         t["name"]: statistics.median(s)
         for t in study["tasks"]
-        if (s := [c["train_images_per_s"] for c in report["cells"] if c["task"] == t["name"] and c.get("train_images_per_s")])
+        if (
+            s := [
+                c["train_images_per_s"]
+                for c in report["cells"]
+                if c["task"] == t["name"] and c.get("train_images_per_s")
+            ]
+        )
     }
     if pretrain:
         lines.append(
@@ -123,7 +127,8 @@ def markdown(report: dict[str, Any]) -> str:
         )
     if speeds:
         lines.append(
-            "Fine-tuning: " + ", ".join(f"{name} **{v:.1f} images/s**" for name, v in by_task.items())
+            "Fine-tuning: "
+            + ", ".join(f"{name} **{v:.1f} images/s**" for name, v in by_task.items())
             + " (median over cells, epochs without evaluation)."
         )
     m = report["machine"]
@@ -161,11 +166,18 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
             if not mine:
                 continue
             xs = [r["fraction"] * 100 for r in mine]
-            line = ax.errorbar(xs, [r["mean"] for r in mine], yerr=[r["sd"] or 0 for r in mine], marker="o",
-                               capsize=3, label=_STARTS[start])
+            line = ax.errorbar(
+                xs,
+                [r["mean"] for r in mine],
+                yerr=[r["sd"] or 0 for r in mine],
+                marker="o",
+                capsize=3,
+                label=START_NAMES[start],
+            )
             for r in mine:
-                ax.scatter([r["fraction"] * 100] * len(r["values"]), r["values"], s=10, alpha=0.5,
-                           color=line[0].get_color())
+                ax.scatter(
+                    [r["fraction"] * 100] * len(r["values"]), r["values"], s=10, alpha=0.5, color=line[0].get_color()
+                )
         ax.set_xscale("log")
         ax.set_xticks([f * 100 for f in study["fractions"]], [f"{f:.0%}" for f in study["fractions"]])
         ax.set_xlabel("training labels")

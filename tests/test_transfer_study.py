@@ -18,12 +18,13 @@ from .engine_data import tiny_overrides, write_dataset
 pytest.importorskip("lightly")
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 transfer = pytest.importorskip("transfer")
+configs = pytest.importorskip("transfer_configs")
 
 # what the study sets itself (budget, seed, output) is left to it
 _STUDY_SETS = ("optim.epochs=", "run.max_steps_per_epoch=", "run.output=")
 
 
-def _study(tmp_path: Path) -> tuple[transfer.Study, Path]:
+def _study(tmp_path: Path) -> tuple[configs.Study, Path]:
     data = tmp_path / "data"
     tiny = [s for s in tiny_overrides(tmp_path / "unused") if not s.startswith(_STUDY_SETS)] + ["run.overlays=0"]
     voc = [*write_dataset("voc", data / "voc"), *tiny]
@@ -39,56 +40,73 @@ run: {workers: 0, device: cpu, seed: 0}
 """
     )
     tasks = (
-        transfer.Task("det", "recipes/bccd_faster_rcnn_cpu.yaml", "voc", "map50", 2, 1, "seg", tuple(voc)),
-        transfer.Task("seg", "recipes/dsb2018_deeplabv3plus_cpu.yaml", "masks", "dice", 2, 1, "det", tuple(masks)),
+        configs.Task("det", "recipes/bccd_faster_rcnn_cpu.yaml", "voc", "map50", 2, 1, "seg", tuple(voc)),
+        configs.Task("seg", "recipes/dsb2018_deeplabv3plus_cpu.yaml", "masks", "dice", 2, 1, "det", tuple(masks)),
     )
-    return transfer.Study("tiny", tasks, str(recipe), fractions=(0.5, 1.0), seeds=(0,)), data
+    return configs.Study("tiny", tasks, str(recipe), fractions=(0.5, 1.0), seeds=(0,)), data
 
 
-def test_the_study_runs_every_cell_and_resumes(tmp_path: Path) -> None:
+def test_the_study_runs_its_cells_and_resumes(tmp_path: Path) -> None:
     study, data = _study(tmp_path)
+    study = replace(study, tasks=study.tasks[1:], starts=("random", "ssl"))  # segmentation only: seconds
     out, lines = tmp_path / "out", []
     report = transfer.run_study(study, data, out, log=lines.append)
-    assert report["cells_done"] == report["cells_planned"] == 12
+    assert report["cells_done"] == report["cells_planned"] == 4
+    assert [line.split(":")[0] for line in lines if not line.startswith("[pretrain]")] == [
+        "[1/4] seg-random-f100-s0",
+        "[2/4] seg-random-f050-s0",
+        "[3/4] seg-ssl-f050-s0",
+        "[4/4] seg-ssl-f100-s0",
+    ]
     for cell in report["cells"]:
-        assert cell["steps"] == 2 and math.isfinite(cell["test"]), cell
+        assert cell["steps"] == 2 and math.isfinite(cell["test"]) and cell["train_images_per_s"] > 0, cell
         assert cell["train_images"]["images"] == (2 if cell["fraction"] == 0.5 else 4), cell
-    assert {(r["task"], r["start"], r["fraction"]): r["n"] for r in report["summary"]} == {
-        (t, s, f): 1 for t in ("det", "seg") for s in transfer.STARTS for f in (0.5, 1.0)
-    }
-    assert len(report["gains"]) == 4 and all(g["met"] is None for g in report["gains"] if g["fraction"] == 1.0)
-
-    # pretraining saw the training images of both tasks, none of val or test
-    pretrain = json.loads((out / "runs" / "pretrain" / "summary.json").read_text())
-    assert pretrain["images"] == 8
-    assert report["pretrain"]["images_per_s"] > 0
-    # the starts load what they say: the pretrained backbone, the other task's 100% random-init run
-    cells = {(c["task"], c["start"], c["fraction"]): c for c in report["cells"]}
-    assert "backbone.safetensors" in cells["det", "ssl", 0.5]["command"]
-    assert f"model.backbone_weights={out}/runs/seg/seg-random-f100-s0 " in cells["det", "supervised", 0.5]["command"]
-    assert "model.backbone_weights=null" in cells["seg", "random", 0.5]["command"]
+    # pretraining saw the 4 training images, none of val or test; it ran once
+    assert json.loads((out / "runs" / "pretrain" / "summary.json").read_text())["images"] == 4
+    assert report["pretrain"]["images_per_s"] > 0 and "resbackbone pretrain " in report["pretrain"]["command"]
     commands = (out / "commands.sh").read_text().splitlines()
-    assert sum(c.startswith("resbackbone ") for c in commands) == 13
+    assert sum(c.startswith("resbackbone ") for c in commands) == 5
 
     table = (out / "transfer.md").read_text()
-    assert table.count("| random init |") == 2 and "better pretrained − random" in table
+    assert "| random init |" in table and "| self-supervised" in table and "better pretrained − random" in table
     assert (out / "transfer.png").stat().st_size > 0
     assert not list(out.rglob("*.partial*")) and not list(out.rglob("*.tmp"))
 
-    # a second call runs nothing; a lost result reruns that cell only (its run folder is complete)
+    # a second call runs nothing; a lost result reruns that cell only (from its complete run folder)
     lines.clear()
-    assert transfer.run_study(study, data, out, log=lines.append)["cells_done"] == 12
-    assert not [line for line in lines if line.startswith("[") and "pretrain" not in line]
+    assert transfer.run_study(study, data, out, log=lines.append)["cells_done"] == 4
+    assert not [line for line in lines if not line.startswith("[pretrain]")]
     (out / "cells" / "seg-ssl-f050-s0.json").unlink()
     transfer.run_study(study, data, out, log=lines.append)
-    assert [line.split(":")[0] for line in lines if line.startswith("[") and "pretrain" not in line] == ["[7/12] seg-ssl-f050-s0"]
+    assert [line.split(":")[0] for line in lines if not line.startswith("[pretrain]")] == ["[3/4] seg-ssl-f050-s0"]
+
+
+@pytest.mark.slow  # 12 cells, half of them Faster R-CNN: about a minute on 2 cores
+def test_every_start_on_detection_and_segmentation(tmp_path: Path) -> None:
+    study, data = _study(tmp_path)
+    out = tmp_path / "out"
+    report = transfer.run_study(study, data, out, log=lambda line: None)
+    assert report["cells_done"] == report["cells_planned"] == 12
+    assert all(c["steps"] == 2 and math.isfinite(c["test"]) for c in report["cells"])
+    assert {(r["task"], r["start"], r["fraction"]): r["n"] for r in report["summary"]} == {
+        (t, s, f): 1 for t in ("det", "seg") for s in configs.STARTS for f in (0.5, 1.0)
+    }
+    assert len(report["gains"]) == 4 and all(g["met"] is None for g in report["gains"] if g["fraction"] == 1.0)
+    # pretraining saw the training images of both tasks; the starts load what they say
+    assert json.loads((out / "runs" / "pretrain" / "summary.json").read_text())["images"] == 8
+    cells = {(c["task"], c["start"], c["fraction"]): c for c in report["cells"]}
+    assert "backbone.safetensors" in cells["det", "ssl", 0.5]["command"]
+    assert f"model.backbone_weights={out}/runs/seg/seg-random-f100-s0 " in cells["det", "supervised", 0.5]["command"]
+    assert f"model.backbone_weights={out}/runs/det/det-random-f100-s0 " in cells["seg", "supervised", 0.5]["command"]
+    assert "model.backbone_weights=null" in cells["seg", "random", 0.5]["command"]
+    assert (out / "transfer.md").read_text().count("| random init |") == 2
 
 
 def test_a_budget_that_does_not_fit_the_smallest_fraction_is_refused(tmp_path: Path) -> None:
     study, data = _study(tmp_path)
-    task = replace(study.tasks[0], budget=4, steps_per_epoch=2)  # 50% of 4 images at batch 2 is 1 step
-    study = replace(study, tasks=(task, study.tasks[1]), starts=("random",))
-    with pytest.raises(ValueError, match=r"task 'det': 50% of the training images gives 1 steps per epoch, not "):
+    task = replace(study.tasks[1], budget=4, steps_per_epoch=2)  # 50% of 4 images at batch 2 is 1 step
+    study = replace(study, tasks=(task,), starts=("random",))
+    with pytest.raises(ValueError, match=r"task 'seg': 50% of the training images gives 1 steps per epoch, not "):
         transfer.run_study(study, data, tmp_path / "out", log=lambda line: None)
 
 
