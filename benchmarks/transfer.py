@@ -33,7 +33,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from transfer_configs import REPO, STUDIES, Cell, Study, plan
+from transfer_configs import REPO, STARTS, STUDIES, Cell, Study, plan
 
 from resbackbone.engine.checkpoint import atomic_write_bytes
 
@@ -231,11 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder holding the datasets")
     parser.add_argument("--out", required=True, help="output folder (outside the repository, or git-ignored)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the configuration's)")
+    parser.add_argument(
+        "--starts", nargs="+", choices=STARTS, help="starts to run (default: all); cells of others are kept"
+    )
     parser.add_argument("--dry-run", action="store_true", help="write and print the commands only")
     args = parser.parse_args(argv)
     study = STUDIES[args.config]
     if args.seeds:
         study = replace(study, seeds=tuple(args.seeds))
+    if args.starts:
+        study = replace(study, starts=tuple(s for s in STARTS if s in args.starts))
     report = run_study(study, Path(args.data).resolve(), Path(args.out).resolve(), dry_run=args.dry_run)
     if report:
         print((Path(args.out) / "transfer.md").read_text())
