@@ -105,7 +105,7 @@ def run_pretrain(study: Study, data: Path, out: Path) -> dict[str, Any]:
         Pretrainer(recipe, resume=(folder / "last.pt").is_file(), progress=False, output=folder).fit()
     summary = json.loads(summary_file.read_text())
     return {
-        "seconds": summary["seconds"],
+        "seconds": summary["images_seen"] / summary["images_per_s"],  # training time, summed over resumes
         "images_per_s": summary["images_per_s"],
         "images": summary.get("images"),
         "images_seen": summary.get("images_seen"),

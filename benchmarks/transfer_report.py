@@ -123,7 +123,7 @@ def markdown(report: dict[str, Any]) -> str:
     if pretrain:
         lines.append(
             f"Pretraining: {pretrain['epochs']} epochs, {pretrain['images_seen']} images seen in "
-            f"{pretrain['seconds'] / 60:.1f} min, **{pretrain['images_per_s']:.1f} images/s** (two views each)."
+            f"{pretrain['seconds'] / 60:.1f} min of training, **{pretrain['images_per_s']:.1f} images/s** (two views each)."
         )
     if speeds:
         lines.append(
@@ -135,9 +135,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append(
         f"Machine: {m['hostname']}, {m['cpu_model']}, {m['cpu_cores']} cores, "
         + (", ".join(g["name"] for g in m["gpus"]) or "no GPU")
-        + f"; torch {m['versions']['torch']}; load average {m['load_average']} at the start, "
-        f"{report['load_average_end']} at the end. Wall time {report['duration_s'] / 60:.1f} min for the cells this "
-        f"invocation ran; {report['cells_done']}/{report['cells_planned']} cells done."
+        + f", {m['torch_threads']} torch thread(s); torch {m['versions']['torch']}; load average "
+        f"{m['load_average']} at the start, {report['load_average_end']} at the end. "
+        f"{report['cells_done']}/{report['cells_planned']} cells done; fine-tuning "
+        f"{sum(c['seconds'] for c in report['cells']) / 60:.0f} min summed over the cells."
     )
     return "\n".join(lines) + "\n"
 
