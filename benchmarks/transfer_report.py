@@ -123,7 +123,8 @@ def markdown(report: dict[str, Any]) -> str:
     if pretrain:
         lines.append(
             f"Pretraining: {pretrain['epochs']} epochs, {pretrain['images_seen']} images seen in "
-            f"{pretrain['seconds'] / 60:.1f} min of training, **{pretrain['images_per_s']:.1f} images/s** (two views each)."
+            f"{pretrain['seconds'] / 60:.1f} min of training, **{pretrain['images_per_s']:.1f} images/s** "
+            "(two views each)."
         )
     if speeds:
         lines.append(
