@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--starts", nargs="+", choices=STARTS, help="starts to run (default: all); cells of others are kept"
     )
+    parser.add_argument("--fractions", type=float, nargs="+", help="label fractions (default: the configuration's)")
     parser.add_argument("--dry-run", action="store_true", help="write and print the commands only")
     args = parser.parse_args(argv)
     study = STUDIES[args.config]
@@ -241,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         study = replace(study, seeds=tuple(args.seeds))
     if args.starts:
         study = replace(study, starts=tuple(s for s in STARTS if s in args.starts))
+    if args.fractions:
+        study = replace(study, fractions=tuple(args.fractions))
     report = run_study(study, Path(args.data).resolve(), Path(args.out).resolve(), dry_run=args.dry_run)
     if report:
         print((Path(args.out) / "transfer.md").read_text())

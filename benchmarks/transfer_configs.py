@@ -186,14 +186,14 @@ class Cell:
 
 
 def plan(study: Study) -> list[Cell]:
-    """Every cell, in the order they run: the supervised sources first, then seed by seed, fewest labels first."""
+    """Every cell, in the order they run: the supervised start's sources first (the random-init runs on
+    100% of each task, planned whenever ``supervised`` is, whatever the starts and fractions asked for),
+    then seed by seed, fewest labels first."""
     names = {t.name for t in study.tasks}
     for task in study.tasks:
         if "supervised" in study.starts and task.source not in names:
             raise ValueError(f"task {task.name!r}: source {task.source!r} is not a task of the study {sorted(names)}")
-    if "supervised" in study.starts and (1.0 not in study.fractions or "random" not in study.starts):
-        raise ValueError("the supervised start takes the random-init run on 100% of the other task: keep both")
-    sources = [Cell(t, "random", 1.0, s) for s in study.seeds for t in study.tasks]
+    sources = [Cell(t, "random", 1.0, s) for s in study.seeds for t in study.tasks if "supervised" in study.starts]
     rest = [
         Cell(t, start, f, s)
         for s in study.seeds

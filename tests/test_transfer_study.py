@@ -53,9 +53,9 @@ def test_the_study_runs_its_cells_and_resumes(tmp_path: Path) -> None:
     report = transfer.run_study(study, data, out, log=lines.append)
     assert report["cells_done"] == report["cells_planned"] == 4
     assert [line.split(":")[0] for line in lines if not line.startswith("[pretrain]")] == [
-        "[1/4] seg-random-f100-s0",
-        "[2/4] seg-random-f050-s0",
-        "[3/4] seg-ssl-f050-s0",
+        "[1/4] seg-random-f050-s0",
+        "[2/4] seg-ssl-f050-s0",
+        "[3/4] seg-random-f100-s0",
         "[4/4] seg-ssl-f100-s0",
     ]
     for cell in report["cells"]:
@@ -78,7 +78,7 @@ def test_the_study_runs_its_cells_and_resumes(tmp_path: Path) -> None:
     assert not [line for line in lines if not line.startswith("[pretrain]")]
     (out / "cells" / "seg-ssl-f050-s0.json").unlink()
     transfer.run_study(study, data, out, log=lines.append)
-    assert [line.split(":")[0] for line in lines if not line.startswith("[pretrain]")] == ["[3/4] seg-ssl-f050-s0"]
+    assert [line.split(":")[0] for line in lines if not line.startswith("[pretrain]")] == ["[2/4] seg-ssl-f050-s0"]
 
 
 @pytest.mark.slow  # 12 cells, half of them Faster R-CNN: about a minute on 2 cores
@@ -110,9 +110,20 @@ def test_a_budget_that_does_not_fit_the_smallest_fraction_is_refused(tmp_path: P
         transfer.run_study(study, data, tmp_path / "out", log=lambda line: None)
 
 
-def test_a_plan_without_the_supervised_source_is_refused(tmp_path: Path) -> None:
+def test_the_plan_holds_the_supervised_sources_and_refuses_an_unknown_one(tmp_path: Path) -> None:
     study, _ = _study(tmp_path)
-    with pytest.raises(ValueError, match="the supervised start takes the random-init run on 100%"):
-        transfer.plan(replace(study, fractions=(0.1, 0.25)))
+    cells = transfer.plan(replace(study, fractions=(0.5,), starts=("supervised",)))
+    assert [c.key for c in cells] == [
+        "det-random-f100-s0",
+        "seg-random-f100-s0",
+        "det-supervised-f050-s0",
+        "seg-supervised-f050-s0",
+    ]
+    assert [c.key for c in transfer.plan(replace(study, starts=("ssl",)))] == [
+        "det-ssl-f050-s0",
+        "seg-ssl-f050-s0",
+        "det-ssl-f100-s0",
+        "seg-ssl-f100-s0",
+    ]
     with pytest.raises(ValueError, match=r"source 'nope' is not a task of the study \['det', 'seg'\]"):
         transfer.plan(replace(study, tasks=(replace(study.tasks[0], source="nope"), study.tasks[1])))
