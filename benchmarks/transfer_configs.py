@@ -70,10 +70,11 @@ _CPU_RUN = ("run.overlays=0", "run.workers=2", "run.device=cpu")
 STUDIES: dict[str, Study] = {
     "cpu": Study(
         name="cpu",
-        # Sized on a shared 2-core machine (load average 5-9): 160x120 BCCD, 192 px DSB2018 (128 px crops),
-        # 25-30 updates per cell, 15 pretraining epochs of 64 px views. On a quiet machine, 256x192 BCCD,
-        # 256 px DSB2018, 40 updates and 30 pretraining epochs fit the same hour.
-        # Four seeds: at this budget two seeds of one cell can differ by 0.3 Dice.
+        # Sized on a shared 2-core machine (load average 5-11): 160x120 BCCD, 192 px DSB2018 (128 px crops),
+        # 25-30 updates per cell, 15 pretraining epochs of 64 px views. The configuration first planned
+        # (256x192 BCCD, 256 px DSB2018, 40 updates, 30 pretraining epochs) took 12 s a BCCD step there
+        # and would not have finished in two hours. Four seeds: at this budget two seeds of one cell can
+        # differ by 0.3 Dice.
         note="ResNet-18, 2 CPU cores, reduced for a shared machine",
         seeds=(0, 1, 2, 3),
         tasks=(
