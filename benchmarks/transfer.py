@@ -16,8 +16,8 @@ calls as ``resbackbone finetune`` / ``pretrain``; the exact equivalent commands 
 ``commands.sh``. A cell whose result JSON exists is skipped, and an interrupted run continues
 from its ``last.pt``: a killed study loses at most the epoch it was in.
 
-    python benchmarks/transfer.py --config cpu --data ../shared/data --out /work/transfer-study
-    python benchmarks/transfer.py --config cpu --data ../shared/data --out /work/transfer-study --dry-run
+    python benchmarks/transfer.py --config cpu --data ../shared/data --out results/transfer
+    python benchmarks/transfer.py --config cpu --data ../shared/data --out results/transfer --dry-run
 
 Outputs in ``--out``: ``transfer.json``, ``transfer.md``, ``transfer.png``, ``commands.sh``,
 ``cells/*.json`` (one per cell) and ``runs/`` (the run folders).
