@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ..data import build_dataset
 from ..recipes import Recipe
-from .builders import find_backbone, input_normalization
+from ..tiling import wrap_detector, wrap_segmenter
+from .builders import build_predictor, find_backbone, input_normalization
 from .checkpoint import load_model
 from .distributed import DistContext, pick_device
+from .image_log import ImageLog
 from .loaders import make_loader
-from .metrics import DetectionMetric, SegmentationMetric
+from .metrics import DetectionMetric, SegmentationMetric, detection_counts, detection_row, segmentation_row
+from .report import draw_worst
 
 __all__ = ["autocast", "evaluate_checkpoint", "evaluate_model", "to_device"]
 
@@ -43,6 +49,17 @@ def to_device(images: Any, targets: Any, device: torch.device, channels_last: bo
     return images, targets
 
 
+def _is_native(dataset: Any) -> bool:
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return bool(getattr(dataset, "native", False))
+
+
+def _name(target: Any, index: int) -> str:
+    path = target.get("path") if isinstance(target, dict) else None
+    return Path(path).name if path else f"#{index}"
+
+
 @torch.no_grad()
 def evaluate_model(
     model: nn.Module,
@@ -55,24 +72,89 @@ def evaluate_model(
     ignore_index: int = 255,
     channels_last: bool = False,
     progress: bool = False,
+    predictor: Callable[..., list[Any]] | None = None,
+    image_log: ImageLog | None = None,
 ) -> dict[str, float]:
-    """Metrics of ``model`` over ``loader`` (reduced over processes when distributed)."""
+    """Metrics of ``model`` over ``loader`` (reduced over processes when distributed).
+
+    A split built with ``native=True`` (:func:`~resbackbone.data.build_dataset`) is
+    scored at each file's resolution: the predictor resizes logits back to the
+    file's size, or gives boxes in its pixels. Otherwise the metrics are on the
+    model's input, as resized and padded.
+
+    Args:
+        model: The detector or segmenter.
+        loader: Batches of the split.
+        task: ``"detection"`` or ``"segmentation"``.
+        classes: Class names (detection: object classes; segmentation: mask classes).
+        device: Where the model runs.
+        amp: Autocast dtype (``"none"``, ``"bf16"``, ``"fp16"``).
+        ignore_index: Mask label not scored.
+        channels_last: Batches in channels-last memory format.
+        progress: Show a tqdm bar.
+        predictor: What runs the model (windows, tiles, TTA; see
+            :func:`~resbackbone.engine.builders.build_predictor`); default the plain model.
+        image_log: Receives one row per image (and keeps the worst images for overlays).
+
+    Returns:
+        The metrics by name, and ``images_per_s``, the evaluation's throughput.
+    """
     from tqdm.auto import tqdm
 
     model.eval()
+    detection = task == "detection"
+    if predictor is None:
+        predictor = wrap_detector(model) if detection else wrap_segmenter(model)
+    native = _is_native(loader.dataset)
     metric: DetectionMetric | SegmentationMetric = (
-        DetectionMetric(classes) if task == "detection" else SegmentationMetric(classes, ignore_index=ignore_index)
+        DetectionMetric(classes) if detection else SegmentationMetric(classes, ignore_index=ignore_index)
     )
+    seen, start = 0, time.perf_counter()
     for images, targets in tqdm(loader, desc="eval", leave=False, disable=not progress):
         images, targets = to_device(images, targets, device, channels_last)
+        sizes = [tuple(t["orig_size"]) for t in targets] if native else None
         with autocast(device, amp):
-            output = model(images)
-        if task == "detection":
-            metric.update(output, targets)
-        else:
-            logits = output["out"] if isinstance(output, dict) else output
-            metric.update(logits.float(), targets)
-    return metric.compute()
+            outputs = predictor(images, sizes)
+        truths = [t["mask"] for t in targets] if native and not detection else list(targets)
+        for i, (output, truth) in enumerate(zip(outputs, truths)):
+            if detection:
+                output = {k: v.float() if k != "labels" else v for k, v in output.items()}
+                metric.update([output], [truth])
+                counts = detection_counts(output, truth, len(classes))
+                row, prediction = detection_row(*counts, classes), output
+                badness = row["fp"] + row["fn"]
+            else:
+                prediction = output.argmax(0)
+                counts = metric.update_labels(prediction[None], truth[None])
+                row = segmentation_row(*(c[0] for c in counts), classes)
+                badness = 1.0 - row["dice"]
+            if image_log is not None:
+                target = targets[i]
+                h, w = target["orig_size"] if native else images[i].shape[-2:]
+                image_log.add(
+                    {"image": _name(target, seen + i), "height": int(h), "width": int(w), **row},
+                    badness=badness,
+                    case={
+                        "name": _name(target, seen + i),
+                        "image": images[i].cpu(),
+                        "path": target.get("path") if native and isinstance(target, dict) else None,
+                        "truth": _to_cpu(truth),
+                        "prediction": _to_cpu(prediction),
+                    },
+                )
+        seen += len(outputs)
+    elapsed = time.perf_counter() - start
+    if image_log is not None:
+        image_log.gather()
+    return {**metric.compute(), "images_per_s": seen / elapsed if elapsed > 0 else float("nan")}
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: v.cpu() if isinstance(v, Tensor) else v for k, v in value.items()}
+    return value
 
 
 def evaluate_checkpoint(
@@ -82,18 +164,26 @@ def evaluate_checkpoint(
     split: str = "val",
     device: str = "auto",
     progress: bool = True,
+    out_dir: str | os.PathLike[str] | None = None,
+    worst: int = 8,
 ) -> dict[str, float]:
     """Metrics of a checkpoint on a split of ``recipe``'s dataset.
 
+    The model runs as ``recipe.eval`` says (resolution, sliding windows or
+    tiles, test-time augmentation), so a checkpoint can be scored with other
+    inference settings than it was trained with (``--set eval.tta=[hflip]``).
+
     Args:
-        recipe: Names the dataset, and how to load and batch it.
+        recipe: Names the dataset, how to load and batch it, and how to run the model.
         checkpoint: A ``last.pt`` or ``best.pt`` (its EMA weights when it has them).
         split: The split to evaluate on.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, …
         progress: Show a tqdm bar.
+        out_dir: Where to write ``per_image.csv`` and overlays of the ``worst`` images; ``None`` writes nothing.
+        worst: How many of the worst images to draw.
 
     Returns:
-        The metrics by name (``miou``, ``dice``, … or ``map``, ``map50``, …).
+        The metrics by name (``miou``, ``dice``, … or ``map``, ``map50``, …) and ``images_per_s``.
 
     Raises:
         ValueError: The checkpoint's task differs from the recipe's, or it does not fit its model.
@@ -112,17 +202,38 @@ def evaluate_checkpoint(
         mean=mean,
         std=std,
         in_chans=backbone.in_chans,
+        native=recipe.eval.resolution == "native",
     )
     batch_size = recipe.eval.batch_size or recipe.optim.batch_size
     loader = make_loader(
         dataset, batch_size, train=False, task=recipe.task, run=recipe.run, ctx=DistContext(device=dev)
     )
-    return evaluate_model(
+    log = ImageLog(keep_worst=worst if out_dir is not None else 0)
+    metrics = evaluate_model(
         model,
         loader,
         task=recipe.task,
         classes=classes,
         device=dev,
+        amp=recipe.optim.amp,
         ignore_index=recipe.data.ignore_index,
         progress=progress,
+        predictor=build_predictor(model, recipe, mean=mean, std=std),
+        image_log=log,
     )
+    if out_dir is not None:
+        folder = Path(out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        log.write_csv(folder / "per_image.csv")
+        draw_worst(
+            log,
+            folder,
+            prefix=f"worst_{split}",
+            task=recipe.task,
+            classes=classes,
+            mean=mean,
+            std=std,
+            window=recipe.data.window,
+            ignore_index=recipe.data.ignore_index,
+        )
+    return metrics

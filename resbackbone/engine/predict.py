@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..data.images import IMAGE_EXTENSIONS
-from .builders import find_backbone, input_normalization
+from .builders import build_predictor, find_backbone, input_normalization
 from .checkpoint import atomic_write_bytes, load_model
 from .distributed import pick_device
 
@@ -52,7 +52,9 @@ def predict(
     ``boxes`` (xyxy in the original image's pixels), ``scores`` and ``labels``
     (class names); for segmentation, the path of the class-index mask PNG
     written beside it and the pixel count per class. Results are written as
-    they come, so a long run keeps memory flat and loses nothing done.
+    they come, so a long run keeps memory flat and loses nothing done. The model
+    runs as the checkpoint's recipe says (``eval.sliding_window`` / ``eval.tiles``,
+    ``eval.tta``), and predictions come back at each file's resolution.
 
     Returns:
         The path of ``predictions.jsonl``.
@@ -62,13 +64,14 @@ def predict(
     from tqdm.auto import tqdm
 
     from ..data import build_transforms, image_to_tensor, read_image
-    from .report import draw_prediction
+    from .overlays import as_rgb, draw_overlay
 
     dev = pick_device(device)
     model, recipe, classes = load_model(checkpoint, device=dev)
     backbone = find_backbone(model)
     mean, std = input_normalization(backbone, recipe.task)
-    transform = build_transforms(recipe.data, task=recipe.task, train=False)
+    transform = build_transforms(recipe.data, task=recipe.task, train=False, pad=False)
+    run_model = build_predictor(model, recipe, mean=mean, std=std)  # windows/tiles/TTA; answers at the file's size
     detection = recipe.task == "detection"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,17 +83,11 @@ def predict(
             h, w = pixels.shape[:2]
             extra = {"bboxes": np.zeros((0, 4)), "labels": []} if detection else {}
             tensor = image_to_tensor(transform(image=pixels, **extra)["image"], mean, std)
-            th, tw = tensor.shape[1:]
-            # Undo the eval resize: one scale and bottom/right padding (letterbox), or a scale per axis (stretch).
-            if recipe.data.resize == "stretch":
-                sy, sx = th / h, tw / w
-            else:
-                sy = sx = min(th / h, tw / w)
+            output = run_model([tensor.to(dev)], [(h, w)])[0]
             record: dict[str, Any] = {"image": str(path), "size": [h, w]}
             if detection:
-                output = model([tensor.to(dev)])[0]
                 keep = output["scores"] >= score_thresh
-                boxes = output["boxes"][keep].cpu() / torch.tensor([sx, sy, sx, sy])
+                boxes = output["boxes"][keep].cpu()
                 record |= {
                     "boxes": [[round(v, 2) for v in box] for box in boxes.tolist()],
                     "scores": [round(float(s), 4) for s in output["scores"][keep]],
@@ -98,30 +95,20 @@ def predict(
                 }
                 drawn: Any = output
             else:
-                logits = model(tensor[None].to(dev))
-                logits = (logits["out"] if isinstance(logits, dict) else logits)[0]
-                valid = logits[:, : max(1, round(h * sy)), : max(1, round(w * sx))]
-                full = torch.nn.functional.interpolate(valid[None].float(), size=(h, w), mode="bilinear")[0]
-                mask = full.argmax(0).to(torch.uint8).cpu().numpy()
+                mask = output.argmax(0).to(torch.uint8).cpu().numpy()
                 buffer = io.BytesIO()
                 Image.fromarray(mask).save(buffer, format="PNG")
                 mask_path = out / f"{path.stem}_mask.png"
                 atomic_write_bytes(mask_path, buffer.getvalue())
                 counts = np.bincount(mask.ravel(), minlength=len(classes))
                 record |= {"mask": str(mask_path), "pixels": {c: int(n) for c, n in zip(classes, counts)}}
-                drawn = logits
+                drawn = mask
             if overlays:
-                picture = draw_prediction(
-                    tensor,
-                    drawn,
-                    task=recipe.task,
-                    classes=classes,
-                    mean=mean,
-                    std=std,
-                    score_thresh=score_thresh,
+                picture = draw_overlay(
+                    as_rgb(pixels), drawn, task=recipe.task, classes=classes, title=path.name, score_thresh=score_thresh
                 )
                 buffer = io.BytesIO()
-                Image.fromarray(picture.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+                Image.fromarray(picture).save(buffer, format="PNG")
                 atomic_write_bytes(out / f"{path.stem}_overlay.png", buffer.getvalue())
             log.write(json.dumps(record) + "\n")
             log.flush()
