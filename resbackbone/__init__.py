@@ -4,6 +4,7 @@ Every backbone returns the C2–C5 feature pyramid with its channels and strides
 declared in ``feature_info``, and loads torchvision, timm, local or URL checkpoints.
 """
 
+from . import deprecation
 from .backbone import Backbone, create_backbone
 from .optimize import InferenceBackbone, optimize_for_inference
 from .registry import get_spec, list_backbones, register_backbone, unregister_backbone
@@ -11,6 +12,8 @@ from .specs import LEVELS, FeatureInfo, LevelInfo, StageSpec, WeightSpec
 from .weights import LoadReport, load_weights
 
 __version__ = "0.1.0"
+
+deprecation.install()  # old module paths keep working, with a warning naming the new one
 
 _HEADS = ("build_detector", "build_fpn", "build_segmenter")
 

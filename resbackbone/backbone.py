@@ -17,7 +17,6 @@ import contextlib
 import numbers
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -35,9 +34,18 @@ from .specs import (
     FeatureInfo,
     LevelInfo,
     StageSpec,
+    check_int,
+    check_levels,
 )
-from .stages import declared_feature_info, find_first_conv, infer_stages, run_checkpointed
-from .weights import LoadReport, WeightsArg, adapt_stats, match_backbone_state, read_weights
+from .stages import (
+    declared_feature_info,
+    describe_stem,
+    find_first_conv,
+    infer_stages,
+    run_checkpointed,
+    unstaged_children,
+)
+from .weights import LoadReport, WeightsArg, adapt_stats, load_weights
 
 __all__ = ["Backbone", "adapt_stats", "check_input", "create_backbone"]
 
@@ -88,6 +96,8 @@ class Backbone(FineTuningMixin, nn.Module):
         kept_stages: The stages this backbone runs: up to the deepest level in ``out_levels``.
         out_levels: The levels returned, in pyramid order.
         first_conv: Module path of the first convolution (adapted for ``in_chans != 3``).
+        stem_type: What the stem is (``"7x7"``, ``"deep"``, or its convolutions described).
+        classifier: Key prefixes of the classifier, dropped when loading weights.
         reference_keys: Every state-dict key of the full architecture, pruned stages included:
             a checkpoint key among them but not in this backbone belongs to a removed stage.
 
@@ -113,12 +123,8 @@ class Backbone(FineTuningMixin, nn.Module):
         self.spec = spec
         self.in_chans = in_chans
         self.output_stride = output_stride
-        self._grad_checkpointing: bool | tuple[str, ...] = False
-        self.checkpoint_stages: tuple[str, ...] = ()
-        self.checkpoint_reentrant = True
-        self.trainable_stages: int | None = None
         self.weights: str | None = None
-        self.load_report: Any = None
+        self.load_report: LoadReport | None = None
         imagenet = spec.imagenet
         self.mean = adapt_stats(imagenet.mean if imagenet else IMAGENET_MEAN, in_chans)
         self.std = adapt_stats(imagenet.std if imagenet else IMAGENET_STD, in_chans)
@@ -134,6 +140,7 @@ class Backbone(FineTuningMixin, nn.Module):
         # the loader tell "belongs to a removed stage" from "another architecture".
         self.reference_keys: frozenset[str] = frozenset(trunk.state_dict())
 
+        self.classifier: tuple[str, ...] = spec.classifier or unstaged_children(trunk, stages)
         keep = {path.split(".")[0] for stage in self.kept_stages for path in stage.modules}
         for child_name, child in trunk.named_children():
             if child_name in keep:
@@ -146,6 +153,7 @@ class Backbone(FineTuningMixin, nn.Module):
                     delattr(owner, leaf)
 
         self.first_conv: str = spec.first_conv or find_first_conv(self, self.kept_stages[0], spec.name)
+        self.stem_type: str = spec.stem or describe_stem(self, self.kept_stages[0])
         self.feature_info = self._feature_info(trunk)
         self.out_channels = {level.name: level.channels for level in self.feature_info}
 
@@ -180,11 +188,14 @@ class Backbone(FineTuningMixin, nn.Module):
         The classifier is dropped, keys of removed stages and batch-norm statistics
         GroupNorm has no use for are ignored, and the first convolution is adapted
         when ``in_chans != 3``; everything else must match. Sets :attr:`weights`,
-        :attr:`load_report` and, where the weights record them, :attr:`mean`/:attr:`std`.
+        :attr:`load_report` and, where the weights record them, :attr:`mean`/:attr:`std`
+        (a run's ``best.pt`` or an exported ``backbone.safetensors`` records them).
 
         Args:
             source: A weight string (``"imagenet"``, ``"torchvision:<TAG>"``,
-                ``"timm:<tag>"``, ``"https://…#sha256=<hex>"``), a path or a state dict.
+                ``"timm:<tag>"``, ``"https://…#sha256=<hex>"``), a path (a checkpoint,
+                a run's ``best.pt``, an exported ``backbone.safetensors``, a run folder)
+                or a state dict.
             strict: Raise when keys are missing, unexpected or of another shape.
             progress: Show a progress bar while downloading.
             label: What to call the weights in :attr:`weights` and the report
@@ -201,30 +212,7 @@ class Backbone(FineTuningMixin, nn.Module):
             >>> print(create_backbone("resnet50").load_weights("torchvision:IMAGENET1K_V2"))
             LoadReport(torchvision:IMAGENET1K_V2: 318 loaded; ignored: 2 classifier)
         """
-        read_label, state, wspec = read_weights(self.spec, source, progress=progress)
-        label = label or read_label
-        loaded, report = match_backbone_state(
-            state,
-            self.state_dict(),
-            reference_keys=self.reference_keys,
-            classifier=self.spec.classifier,
-            first_conv=self.first_conv,
-            in_chans=self.in_chans,
-            label=label,
-            name=self.name,
-        )
-        if strict and not report.ok:
-            raise ValueError(
-                f"Checkpoint {label} does not fit backbone {self.name!r}: {report}. Is it a checkpoint of another "
-                "architecture or built with other options? Pass strict=False to load_weights() to load what fits."
-            )
-        self.load_state_dict(loaded, strict=False)
-        self.weights = label
-        self.load_report = report
-        if wspec is not None:
-            self.mean = adapt_stats(wspec.mean, self.in_chans)
-            self.std = adapt_stats(wspec.std, self.in_chans)
-        return report
+        return load_weights(self, source, strict=strict, progress=progress, label=label)
 
     def set_norm(self, norm: str) -> None:
         """Rewrite the batch norms under the policy ``norm``, in place.
@@ -300,35 +288,6 @@ class Backbone(FineTuningMixin, nn.Module):
 # ------------------------------------------------------------------ factory
 
 
-def _check_int(name: str, value: Any, allowed: Sequence[int] | None = None, *, minimum: int | None = None) -> int:
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    ok = ok and (allowed is None or value in allowed) and (minimum is None or value >= minimum)
-    if not ok:
-        expected = f"one of {tuple(allowed)}" if allowed is not None else f"an int ≥ {minimum}"
-        raise ValueError(f"{name}={value!r} is not valid: expected {expected}.")
-    return int(value)
-
-
-def _check_levels(out_levels: Any) -> tuple[str, ...]:
-    if isinstance(out_levels, str):
-        out_levels = (out_levels,)
-    try:
-        levels = tuple(out_levels)
-    except TypeError:
-        raise TypeError(
-            f"out_levels must be a sequence of level names such as ('C3', 'C4', 'C5'), got {out_levels!r}."
-        ) from None
-    bad = [lv for lv in levels if lv not in LEVELS]
-    if not levels or bad:
-        raise ValueError(
-            f"out_levels={out_levels!r} is not valid: expected a non-empty subset of {LEVELS}"
-            + (f"; {bad[0]!r} is not a level." if bad else ".")
-        )
-    if len(set(levels)) != len(levels):
-        raise ValueError(f"out_levels={out_levels!r} names a level twice; list each of {LEVELS} at most once.")
-    return tuple(lv for lv in LEVELS if lv in levels)
-
-
 def create_backbone(
     name: str,
     *,
@@ -376,9 +335,9 @@ def create_backbone(
         {'C3': (1, 128, 8, 8), 'C4': (1, 256, 4, 4), 'C5': (1, 512, 4, 4)}
     """
     spec = get_spec(name)
-    levels = _check_levels(out_levels)
-    output_stride = _check_int("output_stride", output_stride, OUTPUT_STRIDES)
-    in_chans = _check_int("in_chans", in_chans, minimum=1)
+    levels = check_levels(out_levels)
+    output_stride = check_int("output_stride", output_stride, OUTPUT_STRIDES)
+    in_chans = check_int("in_chans", in_chans, minimum=1)
     if norm not in NORMS:
         raise ValueError(f"norm={norm!r} is not valid: expected one of {NORMS}.")
     if not isinstance(drop_path_rate, numbers.Real) or not 0.0 <= drop_path_rate < 1.0:

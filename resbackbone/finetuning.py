@@ -41,7 +41,7 @@ class FineTuningMixin:
     _grad_checkpointing: bool | tuple[str, ...] = False
 
     def stage_modules(self, stage: StageSpec | str) -> list[nn.Module]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} mixes in FineTuningMixin and must define stage_modules().")
 
     def set_trainable_stages(self, trainable_stages: int | None) -> None:
         """Freeze all but the last ``trainable_stages`` stages, counted from C5 down to the stem.

@@ -37,7 +37,7 @@ def register_backbone(
     *,
     stages: tuple[StageSpec, ...] | None = None,
     first_conv: str | None = None,
-    classifier: tuple[str, ...] = ("fc.", "head.", "global_pool."),
+    classifier: tuple[str, ...] | None = None,
     timm_name: str | None = None,
     torchvision_name: str | None = None,
     imagenet: WeightSpec | None = None,
@@ -57,13 +57,15 @@ def register_backbone(
             infers it from a timm ``ResNet``/``ResNetV2`` trunk.
         first_conv: Path of the first convolution (adapted for ``in_chans != 3``);
             ``None`` takes the first ``Conv2d`` in the built stem.
-        classifier: Checkpoint key prefixes dropped when loading weights.
+        classifier: Checkpoint key prefixes dropped when loading weights; ``None``
+            takes the trunk's top-level modules that are in no stage.
         timm_name: timm architecture whose tags ``weights="timm:<tag>"`` selects.
         torchvision_name: torchvision builder whose enum ``"torchvision:<TAG>"`` selects.
         imagenet: What ``weights="imagenet"`` loads.
         hidden: Hide from :func:`list_backbones` unless ``include_hidden=True``.
         description: One line shown by ``resbackbone list``.
-        stem: What the stem is (``"7x7"``, ``"deep"``), shown by ``resbackbone info``.
+        stem: What the stem is (``"7x7"``, ``"deep"``), shown by ``resbackbone info``;
+            ``None`` describes the built stem's convolutions.
 
     Returns:
         The decorator, which returns the builder unchanged.
@@ -97,7 +99,7 @@ def register_backbone(
             builder=builder,
             stages=stages,
             first_conv=first_conv,
-            classifier=tuple(classifier),
+            classifier=None if classifier is None else tuple(classifier),
             timm_name=timm_name,
             torchvision_name=torchvision_name,
             imagenet=imagenet,
@@ -226,9 +228,9 @@ class _Layout:
     stem: str
 
 
-_RESNET = _Layout(RESNET_STAGES, "conv1", ("fc.",), "7x7")
-_RESNET_DEEP_STEM = _Layout(RESNET_STAGES, "conv1.0", ("fc.",), "deep")
-_RESNETV2 = _Layout(RESNETV2_STAGES, "stem.conv", ("head.", "norm."), "7x7")
+_RESNET = _Layout(RESNET_STAGES, "conv1", ("global_pool.", "fc."), "7x7")
+_RESNET_DEEP_STEM = _Layout(RESNET_STAGES, "conv1.0", ("global_pool.", "fc."), "deep")
+_RESNETV2 = _Layout(RESNETV2_STAGES, "stem.conv", ("norm.", "head."), "7x7")
 
 # name, layout, torchvision builder (or None), "imagenet" weights, description
 _BUILTIN: tuple[tuple[str, _Layout, str | None, WeightSpec, str], ...] = (

@@ -7,6 +7,7 @@ building a model. The registry (:mod:`resbackbone.registry`) maps names to
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
@@ -147,14 +148,17 @@ class WeightSpec:
     """Where a checkpoint comes from and how its inputs were normalised.
 
     Attributes:
-        source: ``"torchvision"``, ``"timm"`` or ``"url"``.
+        source: ``"torchvision"``, ``"timm"``, ``"url"`` or ``"file"`` (a local
+            file that records what it holds: a run's checkpoint, an exported backbone).
         ref: The torchvision enum member (``"IMAGENET1K_V2"``), the timm tag
-            (``"a1_in1k"``) or the URL.
+            (``"a1_in1k"``), the URL or the file.
         sha256: Expected sha256 of the file, where known.
         mean: Per-channel mean of the preprocessing, in [0, 1].
         std: Per-channel std of the preprocessing.
         licence: Licence of the weights.
         origin: Who trained them and how, in a phrase.
+        architecture: The registry name the weights were trained as, where the file records it.
+        in_chans: The input channels they were trained with, where the file records it.
     """
 
     source: str
@@ -164,12 +168,16 @@ class WeightSpec:
     std: tuple[float, ...] = IMAGENET_STD
     licence: str = ""
     origin: str = ""
+    architecture: str | None = None
+    in_chans: int | None = None
 
     @property
     def string(self) -> str:
         """The weight string that selects this checkpoint (``"torchvision:IMAGENET1K_V2"``)."""
         if self.source == "url":
             return f"{self.ref}#sha256={self.sha256}" if self.sha256 else self.ref
+        if self.source == "file":
+            return self.ref
         return f"{self.source}:{self.ref}"
 
 
@@ -186,25 +194,64 @@ class BackboneSpec:
         first_conv: Path of the first convolution, adapted for ``in_chans != 3``;
             ``None`` takes the first ``Conv2d`` of the stem.
         classifier: Checkpoint key prefixes that belong to the classifier and are
-            dropped when loading (``("fc.",)``).
+            dropped when loading (``("fc.",)``); ``None`` takes the trunk's
+            top-level modules that are in no stage (``fc``, ``global_pool``).
         timm_name: timm architecture name for ``"timm:<tag>"`` weights.
         torchvision_name: torchvision builder name for ``"torchvision:<TAG>"`` weights.
         imagenet: What ``weights="imagenet"`` means for this architecture.
         hidden: Hidden from the default listing (test architectures).
         description: One line for listings.
         stem: What the stem is (``"7x7"``: one 7×7 convolution; ``"deep"``: three
-            3×3 convolutions, as ResNet-D), where recorded; ``None`` for plug-ins
-            that do not say.
+            3×3 convolutions, as ResNet-D); ``None`` describes the built stem's convolutions.
     """
 
     name: str
     builder: Callable[..., Any]
     stages: tuple[StageSpec, ...] | None = None
     first_conv: str | None = None
-    classifier: tuple[str, ...] = ("fc.", "head.", "global_pool.")
+    classifier: tuple[str, ...] | None = None
     timm_name: str | None = None
     torchvision_name: str | None = None
     imagenet: WeightSpec | None = None
     hidden: bool = False
     description: str = ""
     stem: str | None = None
+
+
+# ------------------------------------------------------------------ checks of spec values
+
+
+def check_int(name: str, value: Any, allowed: Sequence[int] | None = None, *, minimum: int | None = None) -> int:
+    """``value`` as an int if it is one of ``allowed`` (or ≥ ``minimum``), else a ValueError naming it."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    ok = ok and (allowed is None or value in allowed) and (minimum is None or value >= minimum)
+    if not ok:
+        expected = f"one of {tuple(allowed)}" if allowed is not None else f"an int ≥ {minimum}"
+        raise ValueError(f"{name}={value!r} is not valid: expected {expected}.")
+    return int(value)
+
+
+def check_levels(out_levels: Any) -> tuple[str, ...]:
+    """``out_levels`` as a tuple of distinct level names in pyramid order, else a clear error.
+
+    Raises:
+        TypeError: ``out_levels`` is not a sequence.
+        ValueError: It is empty, names something that is not a level, or a level twice.
+    """
+    if isinstance(out_levels, str):
+        out_levels = (out_levels,)
+    try:
+        levels = tuple(out_levels)
+    except TypeError:
+        raise TypeError(
+            f"out_levels must be a sequence of level names such as ('C3', 'C4', 'C5'), got {out_levels!r}."
+        ) from None
+    bad = [lv for lv in levels if lv not in LEVELS]
+    if not levels or bad:
+        raise ValueError(
+            f"out_levels={out_levels!r} is not valid: expected a non-empty subset of {LEVELS}"
+            + (f"; {bad[0]!r} is not a level." if bad else ".")
+        )
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"out_levels={out_levels!r} names a level twice; list each of {LEVELS} at most once.")
+    return tuple(lv for lv in LEVELS if lv in levels)

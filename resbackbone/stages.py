@@ -1,4 +1,5 @@
-"""Running a backbone's stages: their layout for timm trunks, and activation checkpointing block by block."""
+"""A backbone's stages: their layout for timm trunks, the stem's first convolution and shape, the
+pyramid a trunk declares, and running stages with activation checkpointing block by block."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from torch.utils.checkpoint import checkpoint
 
 from .specs import RESNET_STAGES, RESNETV2_STAGES, FeatureInfo, LevelInfo, StageSpec
 
-__all__ = ["declared_feature_info", "find_first_conv", "infer_stages", "run_checkpointed", "stage_blocks"]
+__all__ = [
+    "declared_feature_info",
+    "describe_stem",
+    "find_first_conv",
+    "infer_stages",
+    "run_checkpointed",
+    "stage_blocks",
+    "unstaged_children",
+]
 
 
 def infer_stages(trunk: nn.Module, name: str) -> tuple[StageSpec, ...]:
@@ -43,6 +52,25 @@ def find_first_conv(module: nn.Module, stem: StageSpec, name: str) -> str:
             if isinstance(sub, nn.Conv2d):
                 return f"{path}.{sub_name}" if sub_name else path
     raise TypeError(f"Backbone {name!r}: no Conv2d in its stem; pass first_conv= to register_backbone().")
+
+
+def unstaged_children(trunk: nn.Module, stages: tuple[StageSpec, ...]) -> tuple[str, ...]:
+    """Key prefixes of the trunk's top-level modules in no stage: its classifier (``("global_pool.", "fc.")``)."""
+    staged = {path.split(".")[0] for stage in stages for path in stage.modules}
+    return tuple(f"{child}." for child, _ in trunk.named_children() if child not in staged)
+
+
+def describe_stem(module: nn.Module, stem: StageSpec) -> str:
+    """``"7x7"`` (one 7×7 convolution), ``"deep"`` (three 3×3) or the stem's convolutions listed."""
+    convs = [m for path in stem.modules for m in module.get_submodule(path).modules() if isinstance(m, nn.Conv2d)]
+    kernels = [f"{m.kernel_size[0]}x{m.kernel_size[1]}" for m in convs]
+    if kernels == ["7x7"]:
+        return "7x7"
+    if kernels == ["3x3"] * 3:
+        return "deep"
+    if not kernels:
+        return "no convolution"
+    return f"{len(kernels)} convolution{'s' if len(kernels) > 1 else ''} ({', '.join(kernels)})"
 
 
 def declared_feature_info(trunk: nn.Module, levels: list[StageSpec]) -> FeatureInfo | None:

@@ -299,3 +299,10 @@ def test_in_chans_without_weights() -> None:
     backbone = create_backbone("test_resnet", in_chans=1)
     assert backbone(torch.randn(1, 1, 64, 64))["C5"].shape[1] == 64
     assert len(backbone.mean) == 1 and len(backbone.std) == 1
+
+
+def test_every_norm_create_backbone_takes_has_a_converter() -> None:
+    from resbackbone.norms import NORM_CONVERTERS
+    from resbackbone.specs import NORMS
+
+    assert tuple(NORM_CONVERTERS) == NORMS

@@ -8,7 +8,6 @@ the real download, verification, extraction and conversion code runs.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import io
 import json
 import os
@@ -435,13 +434,3 @@ def test_cli_list_and_download(
 
     assert main(["data", "download", "cityscapes"]) == 2
     assert "need an account at https://www.cityscapes-dataset.com/" in capsys.readouterr().err
-
-
-def test_old_download_module_path_warns_and_works(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(sys.modules, "resbackbone.data.download", raising=False)
-    old = importlib.import_module("resbackbone.data.download")
-    moved = r"resbackbone\.data\.download\.download_dataset moved to resbackbone\.data\.acquire\.download"
-    with pytest.warns(DeprecationWarning, match=moved):
-        assert old.download_dataset is download_dataset
-    with pytest.warns(DeprecationWarning):
-        assert old.DATASETS is DATASETS and old.get_entry is get_entry

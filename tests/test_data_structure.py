@@ -33,3 +33,10 @@ def test_every_format_is_read_or_read_as_another(name: str) -> None:
     else:
         assert spec.index is not None and (spec.classes is not None or spec.find_classes is not None)
         assert spec.short_field in spec.split_fields and {f for f, _ in spec.required} <= set(spec.split_fields)
+
+
+def test_a_format_that_cannot_be_read_is_refused_when_declared() -> None:
+    with pytest.raises(ValueError, match=r"FormatSpec 'mine' cannot be read: give index= and either classes="):
+        FormatSpec(name="mine", tasks=("detection",), split_fields=("list",), short_field="list")
+    with pytest.raises(ValueError, match=r"FormatSpec 'mine': read_as is set but generate is not"):
+        FormatSpec(name="mine", tasks=("detection",), read_as={"detection": {}})

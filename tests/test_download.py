@@ -80,13 +80,3 @@ def test_http_error_is_a_download_error(http_server: tuple[str, Path], tmp_path:
 def test_bad_hash_argument() -> None:
     with pytest.raises(ValueError, match="not a hex digest"):
         download_url("http://127.0.0.1:9/x", "x", sha256="xyz", progress=False)
-
-
-def test_old_module_path_still_works_and_names_the_new_one() -> None:
-    import resbackbone.download as old
-    from resbackbone.weights import cache
-
-    with pytest.warns(
-        DeprecationWarning, match=r"resbackbone\.download\.download_url moved to resbackbone\.weights\.cache"
-    ):
-        assert old.download_url is cache.download_url

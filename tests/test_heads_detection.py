@@ -409,7 +409,7 @@ def test_coco_v1_weight_string_downloads_verifies_and_loads(
         build_detector("faster_rcnn", backbone="resnet50", num_classes=3, weights="torchvision:COCO_V1")
     with pytest.raises(
         ValueError,
-        match=r"'torchvision:COCO_V2' is not a torchvision weight of fasterrcnn_resnet50_fpn \(build_detector\); "
+        match=r"build_detector\(\): 'torchvision:COCO_V2' is not a torchvision weight of fasterrcnn_resnet50_fpn; "
         r"choose one of 'torchvision:COCO_V1'",
     ):
         build_detector("faster_rcnn", backbone="resnet50", num_classes=3, weights="torchvision:COCO_V2")

@@ -194,12 +194,3 @@ def test_compiled_fp32_matches_eager_within_1e4() -> None:
     out = fast(x)
     assert fast.compiled, "compilation fell back to eager"
     assert _max_rel_error(out, ref) < 1e-4
-
-
-def test_old_module_path_still_works_and_names_the_new_one() -> None:
-    import resbackbone.inference as old
-
-    with pytest.warns(
-        DeprecationWarning, match=r"resbackbone\.inference\.optimize_for_inference moved to resbackbone\.optimize"
-    ):
-        assert old.optimize_for_inference is optimize_for_inference

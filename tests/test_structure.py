@@ -63,13 +63,17 @@ def _edges() -> dict[str, set[str]]:
     return graph
 
 
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
 def test_no_module_imports_an_underscore_name_from_another() -> None:
     offenders = [
         f"{path.relative_to(PACKAGE.parent)}:{line} imports {n} from {module}"
         for name, path in MODULES.items()
         for line, module, names in _imports(name, path)
         for n in names
-        if n.startswith("_") and not n.startswith("__")
+        if _private(n) or any(_private(part) for part in module.split("."))
     ]
     assert not offenders, "make these part of a public contract:\n" + "\n".join(offenders)
 

@@ -192,22 +192,46 @@ class _Exploit:
         return (os.system, ("echo pwned > /tmp/resbackbone-pwned",))
 
 
+def _classification_checkpoint(name: str) -> dict[str, torch.Tensor]:
+    """What a classification run of the architecture saves: the trunk with its classifier."""
+    spec = get_spec(name)
+    if spec.timm_name:
+        return timm.create_model(spec.timm_name, pretrained=False, num_classes=10).state_dict()
+    return spec.builder(in_chans=3, output_stride=32, drop_path_rate=0.0).state_dict()
+
+
 @pytest.mark.parametrize("name", list_backbones(include_hidden=True))
-def test_own_state_dict_loads_with_one_and_four_input_channels(name: str) -> None:
-    """Every architecture's first conv is where the registry says: its RGB filters are adapted, nothing else moves."""
-    source = create_backbone(name)
-    state = source.state_dict()
-    conv = f"{source.first_conv}.weight"
-    assert state[conv].shape[1] == 3
+def test_own_checkpoint_loads_with_one_and_four_input_channels(name: str) -> None:
+    """The registry's first conv and classifier are right for every architecture: the RGB filters are
+    adapted, exactly the classifier is dropped, and nothing else moves."""
+    state = _classification_checkpoint(name)
     for in_chans in (1, 4):
         backbone = create_backbone(name, in_chans=in_chans, weights=state)
+        conv = f"{backbone.first_conv}.weight"
+        classifier = {k for k in state if k.startswith(backbone.classifier)}
         report = backbone.load_report
         assert report.ok and report.adapted == (conv,), report
+        assert report.ignored == dict.fromkeys(classifier, "classifier"), report
+        assert classifier or get_spec(name).timm_name is None  # a published architecture has one
         weight = backbone.state_dict()[conv]
         if in_chans == 1:
             torch.testing.assert_close(weight, state[conv].sum(1, keepdim=True))
         else:  # tiled and rescaled by 3/4, so activations keep their scale
             torch.testing.assert_close(weight, torch.cat([state[conv], state[conv][:, :1]], 1) * 0.75)
+
+
+@pytest.mark.parametrize("name", list_backbones(include_hidden=True))
+def test_registry_table_agrees_with_the_built_trunk(name: str) -> None:
+    """What the table records is what would be inferred from the module: it is data, not a guess."""
+    from resbackbone.stages import describe_stem, find_first_conv, unstaged_children
+
+    spec = get_spec(name)
+    with torch.device("meta"):
+        trunk = spec.builder(in_chans=3, output_stride=32, drop_path_rate=0.0)
+        backbone = create_backbone(name)
+    assert spec.classifier == unstaged_children(trunk, spec.stages)
+    assert spec.first_conv == find_first_conv(backbone, spec.stages[0], name)
+    assert spec.stem == describe_stem(backbone, spec.stages[0])
 
 
 def test_plug_in_first_conv_is_found_in_its_stem() -> None:
@@ -220,17 +244,47 @@ def test_plug_in_first_conv_is_found_in_its_stem() -> None:
             super().__init__()
             self.stem = nn.Sequential(nn.Identity(), nn.Conv2d(in_chans, 4, 3, stride=4, padding=1))
             self.s1, self.s2, self.s3, self.s4 = (nn.Conv2d(c, c, 3, stride=2, padding=1) for c in (4, 4, 4, 4))
+            self.classify = nn.Linear(4, 2)
 
     stages = (StageSpec("stem", ("stem",)), *(StageSpec(f"s{i}", (f"s{i}",), f"C{i + 1}") for i in range(1, 5)))
     register_backbone("resnext_like_plugin", stages=stages)(
         lambda *, in_chans, output_stride, drop_path_rate: Trunk(in_chans)
     )
     try:
-        state = create_backbone("resnext_like_plugin").state_dict()
+        state = Trunk(3).state_dict()
         backbone = create_backbone("resnext_like_plugin", in_chans=1, weights=state)
         assert backbone.first_conv == "stem.1" and backbone.load_report.adapted == ("stem.1.weight",)
+        assert backbone.classifier == ("classify.",) and backbone.stem_type == "1 convolution (3x3)"
+        assert backbone.load_report.ignored == {"classify.weight": "classifier", "classify.bias": "classifier"}
     finally:
         unregister_backbone("resnext_like_plugin")
+
+
+def test_a_key_the_backbone_has_loads_whatever_its_prefix() -> None:
+    """A plug-in whose stem is named like a classifier ('head') loads it: nothing is left random."""
+    from torch import nn
+
+    from resbackbone import StageSpec, register_backbone, unregister_backbone
+
+    class Trunk(nn.Module):
+        def __init__(self, in_chans: int) -> None:
+            super().__init__()
+            self.head = nn.Sequential(nn.Conv2d(in_chans, 4, 3, stride=4, padding=1))
+            self.s1, self.s2, self.s3, self.s4 = (nn.Conv2d(4, 4, 3, stride=2, padding=1) for _ in range(4))
+
+    stages = (StageSpec("stem", ("head",)), *(StageSpec(f"s{i}", (f"s{i}",), f"C{i + 1}") for i in range(1, 5)))
+    register_backbone("head_named_stem", stages=stages, classifier=("head.",))(
+        lambda *, in_chans, output_stride, drop_path_rate: Trunk(in_chans)
+    )
+    try:
+        state = create_backbone("head_named_stem").state_dict()
+        backbone = create_backbone("head_named_stem", weights=state)
+        assert "head.0.weight" in backbone.load_report.loaded and not backbone.load_report.ignored
+        torch.testing.assert_close(backbone.state_dict()["head.0.weight"], state["head.0.weight"])
+        with pytest.raises(ValueError, match=r"2 missing \(head\.0\.weight, head\.0\.bias\)"):
+            create_backbone("head_named_stem", weights={k: v for k, v in state.items() if not k.startswith("head.")})
+    finally:
+        unregister_backbone("head_named_stem")
 
 
 def test_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:

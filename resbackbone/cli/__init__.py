@@ -1,4 +1,4 @@
-"""Command line: ``resbackbone list|info|finetune|evaluate|predict|data|bench``.
+"""Command line: ``resbackbone list|info|backbone|finetune|evaluate|predict|pretrain|data|bench``.
 
 Run ``resbackbone --help`` or ``resbackbone COMMAND --help``. Each module
 adds its commands (``add_parsers``); a command's work is imported when it runs.
@@ -10,11 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import backbones, bench, data, training
+from . import backbones, benchmark, datasets, pretrain, training
 
 __all__ = ["build_parser", "main"]
 
-COMMAND_GROUPS = (backbones, training, data, bench)
+COMMAND_GROUPS = (backbones, training, pretrain, datasets, benchmark)
 """Modules whose ``add_parsers(sub)`` add the commands, in the order ``--help`` lists them."""
 
 
@@ -46,5 +46,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"resbackbone {args.command}: error: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print(f"resbackbone {args.command}: interrupted. A fine-tune continues with --resume.", file=sys.stderr)
+        print(f"resbackbone {args.command}: interrupted. A run continues with --resume.", file=sys.stderr)
         return 130

@@ -12,18 +12,20 @@ Example:
     >>> image, mask = ds[0]  # float32 [3, 128, 128], int64 [128, 128]
 """
 
-from .acquire.shapes import ensure_shapes_dataset, verify_shapes_dataset
+from .acquire.shapes_generator import ensure_shapes_dataset, verify_shapes_dataset
 from .check import check_dataset
 from .config import FORMAT_TASKS, FORMATS, DataConfig, SplitSpec
 from .datasets import DetectionDataset, SegmentationDataset, build_dataset, detection_collate, image_to_tensor
-from .images import read_image, read_mask
+from .images import IMAGE_EXTENSIONS, probe_image, read_image, read_mask
 from .index import class_names, has_split
 from .problems import DataError, DataWarning, Problem
+from .subsets import TrainSubset, subset_indices, take_train_subset
 from .transforms import build_transforms
 
 __all__ = [
     "FORMATS",
     "FORMAT_TASKS",
+    "IMAGE_EXTENSIONS",
     "DataConfig",
     "DataError",
     "DataWarning",
@@ -31,6 +33,7 @@ __all__ = [
     "Problem",
     "SegmentationDataset",
     "SplitSpec",
+    "TrainSubset",
     "build_dataset",
     "build_transforms",
     "check_dataset",
@@ -39,7 +42,10 @@ __all__ = [
     "ensure_shapes_dataset",
     "has_split",
     "image_to_tensor",
+    "probe_image",
     "read_image",
     "read_mask",
+    "subset_indices",
+    "take_train_subset",
     "verify_shapes_dataset",
 ]

@@ -73,6 +73,14 @@ class DataConfig(BaseModel):
         allow_outside_root: Accept image paths in annotation files that point
             outside the dataset root (refused by default).
         window: DICOM only: ``[center, width]`` overriding the files' window.
+        train_fraction: Train on this fraction of the training images (0 < f <= 1,
+            rounded up to whole images), the rest left unlabelled: a label-efficiency
+            run. Subsets are nested: for one ``subset_seed`` the 10% subset lies
+            inside the 25% one. ``null`` trains on every image.
+        train_count: As ``train_fraction``, as a number of images (the first
+            ``train_count`` of the same seeded order, so also nested).
+        subset_seed: Seed of the order the subsets are taken from (independent of
+            ``run.seed``, so runs with other seeds see the same labelled images).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -91,6 +99,9 @@ class DataConfig(BaseModel):
     ignore_index: int = 255
     allow_outside_root: bool = False
     window: tuple[float, float] | None = None
+    train_fraction: float | None = Field(default=None, gt=0, le=1)
+    train_count: int | None = Field(default=None, ge=1)
+    subset_seed: int = 0
 
     @field_validator("classes")
     @classmethod
@@ -143,6 +154,11 @@ class DataConfig(BaseModel):
             raise ValueError(f"data.class_map applies to mask formats ({masks}), not {fmt!r}; remove it")
         if self.class_map is not None:
             self._check_class_map(self.class_map)
+        if self.train_fraction is not None and self.train_count is not None:
+            raise ValueError(
+                f"data.train_fraction={self.train_fraction} and data.train_count={self.train_count} both set; "
+                "keep one of them"
+            )
         for split in SPLITS:
             self.split_spec(split)
         return self

@@ -85,6 +85,7 @@ class _Base(Dataset):
         self.train = train
         self.classes = classes
         self.native = native
+        self.subset: Any = None  # the TrainSubset when a label fraction chose the records (data.subsets)
 
     def __len__(self) -> int:
         return len(self.records)

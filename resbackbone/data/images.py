@@ -16,7 +16,15 @@ import numpy as np
 
 from .problems import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "apply_window", "decode_image", "read_image", "read_mask", "to_channels"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "apply_window",
+    "decode_image",
+    "probe_image",
+    "read_image",
+    "read_mask",
+    "to_channels",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm")
 _MEDICAL_HINT = "pip install 'resbackbone[medical]'"
@@ -103,6 +111,57 @@ def decode_image(path: str | Path, *, window: tuple[float, float] | None = None)
         return np.asarray(im.convert("RGBA")), "8-bit RGBA"
     kind = "8-bit RGB" if mode == "RGB" else f"8-bit {mode} (converted to RGB)"
     return np.asarray(im.convert("RGB")), kind
+
+
+# channels decode_image gives per PIL mode (palette images with transparency become RGBA)
+_MODE_CHANNELS = {"1": 1, "L": 1, "I": 1, "F": 1, "LA": 2, "RGB": 3, "RGBA": 4, "PA": 4}
+
+
+def probe_image(path: str | Path) -> tuple[int, str]:
+    """The channels :func:`decode_image` will give for ``path`` and what the file is, from its header only.
+
+    Cheap enough to look at every file of a large folder before training:
+    pixels are not decoded (a file truncated after its header is found when it is read).
+
+    Returns:
+        ``(channels, kind)``, e.g. ``(4, "RGBA")``, ``(1, "I;16")``, ``(1, "DICOM")``.
+
+    Raises:
+        DataError: The file is missing, empty or not an image.
+        ImportError: A ``.dcm`` file without pydicom installed.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".dcm":
+        try:
+            import pydicom
+        except ImportError:
+            raise ImportError(f"{path} is a DICOM file; reading it needs pydicom: {_MEDICAL_HINT}") from None
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises many types for non-DICOM files
+            raise DataError(f"{path}: not a DICOM file that can be read ({exc})", path) from None
+        return int(getattr(ds, "SamplesPerPixel", 1) or 1), "DICOM"
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})", path) from None
+    if size == 0:
+        raise DataError(f"{path}: file is empty (0 bytes)", path)
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            transparent = "transparency" in im.info
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image file that can be read", path) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: image header is corrupt ({exc})", path) from None
+    if mode.startswith("I;16"):
+        return 1, mode
+    if mode == "P":
+        return (4 if transparent else 3), mode
+    return _MODE_CHANNELS.get(mode, 3), mode
 
 
 def to_channels(arr: np.ndarray, in_chans: int, path: str | Path = "") -> np.ndarray:

@@ -43,8 +43,7 @@ def _found_names(cfg: DataConfig, spec: FormatSpec, root: Path, *, strict: bool)
     """The format's default classes, else the names its annotation files use (``data.classes`` unset)."""
     if spec.classes is not None:
         return list(spec.classes)
-    assert spec.find_classes is not None  # every format without default classes reads them from its files
-    return spec.find_classes(cfg, root, strict=strict)
+    return spec.find_classes(cfg, root, strict=strict) if spec.find_classes is not None else None
 
 
 def prepare(cfg: DataConfig, task: str, base_dir: str | Path | None = None) -> tuple[DataConfig, Path]:
@@ -135,7 +134,10 @@ def index_split(
         )
     index = FORMAT_SPECS[cfg.format].index
     if index is None:
-        raise ValueError(f"format {cfg.format!r} is read through another format; index prepare(cfg, task)[0]")
+        raise ValueError(
+            f"format {cfg.format!r} is generated and read as another format: pass the config that "
+            "prepare(cfg, task) returns, not the recipe's own."
+        )
     reporter = Reporter(split, mode)  # type: ignore[arg-type]
     records = index(cfg, split_spec, root, reporter, task=task)
     if not records:

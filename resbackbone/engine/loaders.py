@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from ..data import build_dataset, detection_collate, has_split
+from ..data import build_dataset, detection_collate, has_split, take_train_subset
 from ..recipes import Recipe, RunConfig
 from .distributed import DistContext
 
@@ -47,8 +47,11 @@ def build_splits(
 ) -> tuple[Dataset, Dataset | None, Dataset | None]:
     """The train, eval (``eval.split``) and test splits of ``recipe``'s data; ``None`` for a split it lacks.
 
-    The eval and test splits keep their targets at each file's resolution when
-    ``eval.resolution`` is ``native`` (``build_dataset(native=True)``).
+    With ``data.train_fraction`` (or ``train_count``) the train split keeps that
+    nested, seeded subset of its images (:func:`~resbackbone.data.take_train_subset`),
+    described by its ``subset`` attribute. The eval and test splits keep their
+    targets at each file's resolution when ``eval.resolution`` is ``native``
+    (``build_dataset(native=True)``).
 
     Args:
         recipe: Names the data, the task and the input channels.
@@ -56,13 +59,14 @@ def build_splits(
         std: Per-channel std the images are normalised with.
 
     Raises:
-        ValueError: The train split is empty.
+        ValueError: The train split is empty, or its label subset lacks a class.
     """
     data = recipe.data
     common = {"task": recipe.task, "mean": mean, "std": std, "in_chans": recipe.model.in_chans}
     train = build_dataset(data, "train", train=True, **common)
     if len(train) == 0:
         raise ValueError(f"The train split of {recipe.name} is empty; check data.train.")
+    train = take_train_subset(train, data)
     split = recipe.eval.split
     native = recipe.eval.resolution == "native"
     evaluation = build_dataset(data, split, train=False, native=native, **common) if has_split(data, split) else None

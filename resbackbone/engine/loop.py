@@ -35,6 +35,8 @@ class TrainState:
     """The weights and what an update changes: model, optimiser, schedule, gradient scaler, EMA.
 
     ``clip_grad`` is the gradient norm updates clip to (``None``: no clipping).
+    ``after_update(step)`` runs after each applied update (e.g. a momentum encoder's
+    update in self-supervised pretraining); ``None`` for nothing.
     """
 
     model: nn.Module
@@ -43,6 +45,7 @@ class TrainState:
     scaler: torch.amp.GradScaler
     ema: ModelEmaV3 | None
     clip_grad: float | None = None
+    after_update: Callable[[int], None] | None = None
 
     def update(self, step: int) -> bool:
         """Apply the accumulated gradients as update number ``step`` (counted from 1).
@@ -63,6 +66,8 @@ class TrainState:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model, step=step)
+        if self.after_update is not None:
+            self.after_update(step)
         return True
 
     def state_dict(self) -> dict[str, Any]:

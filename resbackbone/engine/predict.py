@@ -12,6 +12,8 @@ from typing import Any
 import torch
 
 from ..data.images import IMAGE_EXTENSIONS
+from ..deprecation import moved_names
+from . import evaluate
 from .builders import build_predictor, find_backbone, input_normalization
 from .checkpoint import atomic_write_bytes, load_model
 from .distributed import pick_device
@@ -113,3 +115,6 @@ def predict(
             log.write(json.dumps(record) + "\n")
             log.flush()
     return results
+
+
+__getattr__ = moved_names(__name__, {"evaluate_checkpoint": evaluate})

@@ -312,11 +312,10 @@ def finish_run(run: RunArtifacts, summary: dict[str, Any], model: nn.Module) -> 
         summary: The run summary; its ``files`` entry is filled in here.
         model: The model the overlays show (the EMA when the run kept one).
     """
-    summary["files"] = {
-        "last": str(run.output / "last.pt"),
-        "best": str(run.output / "best.pt"),
-        "metrics": str(run.output / "metrics.jsonl"),
-    }
+    summary["files"] = {"last": str(run.output / "last.pt")}
+    if (run.output / "best.pt").is_file():
+        summary["files"]["best"] = str(run.output / "best.pt")
+    summary["files"]["metrics"] = str(run.output / "metrics.jsonl")
     curves = _plot_curves(run.output, run.history, run.metric, run.split)
     if curves:
         summary["files"]["curves"] = str(curves)

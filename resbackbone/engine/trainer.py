@@ -46,6 +46,12 @@ __all__ = ["Trainer", "TrainingError"]
 _PROGRESS = ("epoch", "step", "best", "history", "bad_evals", "skipped_batches", "overflow_steps")
 
 
+def _train_images(dataset: Dataset) -> dict[str, Any]:
+    """What the summary records of the training images: the label subset when one was taken."""
+    subset = getattr(dataset, "subset", None)
+    return subset.as_dict() if subset is not None else {"images": len(dataset)}  # type: ignore[arg-type]
+
+
 class Trainer:
     """Fine-tune the model a :class:`~resbackbone.recipes.Recipe` describes.
 
@@ -257,8 +263,10 @@ class Trainer:
         optim = self.recipe.optim
         if self.ctx.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
+            subset = getattr(self.train_set, "subset", None)
             self._log(
-                f"{self.recipe.name}: {len(self.train_set)} training images, {len(self.classes)} classes, "
+                f"{self.recipe.name}: {subset.describe() if subset else f'{len(self.train_set)} training images'}, "
+                f"{len(self.classes)} classes, "
                 f"{self.steps_per_epoch} steps/epoch on {self.device} × {self.ctx.world_size}; effective batch "
                 f"{optim.batch_size * optim.accumulate * self.ctx.world_size} (lr {optim.lr:g} as given, not rescaled)."
             )
@@ -298,6 +306,7 @@ class Trainer:
             "test": test_metrics,
             "device": str(self.device),
             "world_size": self.ctx.world_size,
+            "train_images": _train_images(self.train_set),
             "ranks_in_sync": self.ranks_in_sync(),
         }
         if not summary["ranks_in_sync"]:

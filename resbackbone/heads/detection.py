@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
@@ -30,14 +30,15 @@ from torchvision.ops import MultiScaleRoIAlign
 from ..backbone import Backbone
 from ..specs import LEVELS
 from ..weights import WeightsArg
-from ._checkpoints import load_head_checkpoint, read_head_checkpoint
-from ._common import check_arch, check_num_classes, resolve_backbone
-from .fpn import EXTRA_BLOCKS, FeaturePyramid, build_fpn
+from .checkpoints import load_head_checkpoint, read_head_checkpoint
+from .common import check_arch, check_num_classes, resolve_backbone
+from .fpn import EXTRA_BLOCKS, FPN_NORMS, FeaturePyramid, build_fpn
 
 __all__ = [
     "DETECTORS",
     "DETECTOR_ARCHS",
     "EXTRA_BLOCKS",
+    "FPN_NORMS",
     "DetectorSpec",
     "FeaturePyramid",
     "build_detector",
@@ -80,7 +81,7 @@ class DetectorSpec:
     """
 
     title: str
-    model: type[nn.Module]
+    model: type[FasterRCNN] | type[RetinaNet]
     levels: tuple[str, ...]
     needs: tuple[str, ...]
     fixed_levels: bool
@@ -257,7 +258,7 @@ def build_detector(
     levels: Sequence[str] | None = None,
     fpn_channels: int = 256,
     **head_kwargs: Any,
-) -> nn.Module:
+) -> FasterRCNN | RetinaNet:
     """Build a torchvision Faster R-CNN or RetinaNet on any registered backbone.
 
     Faster R-CNN uses C2–C5 and a max-pooled level; RetinaNet uses C3–C5 and

@@ -27,7 +27,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 from ..backbone import Backbone
 from ..specs import LEVELS
 
-__all__ = ["EXTRA_BLOCKS", "FPN_NORMS", "FeaturePyramid", "build_fpn"]
+__all__ = ["EXTRA_BLOCKS", "EXTRA_BLOCK_BUILDERS", "FPN_NORMS", "FPN_NORM_LAYERS", "FeaturePyramid", "build_fpn"]
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -40,7 +40,7 @@ def _p6p7_from_c5(c5_channels: int, out_channels: int) -> ExtraFPNBlock:
     return block
 
 
-EXTRA_BLOCKS: dict[str | None, Callable[[int, int], ExtraFPNBlock] | None] = {
+EXTRA_BLOCK_BUILDERS: dict[str | None, Callable[[int, int], ExtraFPNBlock] | None] = {
     "maxpool": lambda c5_channels, out_channels: LastLevelMaxPool(),
     "p6p7": lambda c5_channels, out_channels: LastLevelP6P7(out_channels, out_channels),
     "p6p7_c5": _p6p7_from_c5,
@@ -48,8 +48,18 @@ EXTRA_BLOCKS: dict[str | None, Callable[[int, int], ExtraFPNBlock] | None] = {
 }
 """``extra_blocks`` name → ``make(c5_channels, out_channels)`` of the maps past the last level."""
 
-FPN_NORMS: dict[str | None, Callable[[int], nn.Module] | None] = {None: None, "bn": nn.BatchNorm2d, "gn": _group_norm}
+EXTRA_BLOCKS: tuple[str | None, ...] = tuple(EXTRA_BLOCK_BUILDERS)
+"""The ``extra_blocks`` values :func:`build_fpn` takes."""
+
+FPN_NORM_LAYERS: dict[str | None, Callable[[int], nn.Module] | None] = {
+    None: None,
+    "bn": nn.BatchNorm2d,
+    "gn": _group_norm,
+}
 """``norm`` name → the norm layer inside the FPN."""
+
+FPN_NORMS: tuple[str | None, ...] = tuple(FPN_NORM_LAYERS)
+"""The ``norm`` values :func:`build_fpn` takes."""
 
 
 class FeaturePyramid(nn.Module):
@@ -135,11 +145,9 @@ def build_fpn(
     if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
         raise ValueError(f"build_fpn(): out_channels={out_channels!r} is not valid: expected an int ≥ 1.")
     if extra_blocks not in EXTRA_BLOCKS:
-        raise ValueError(
-            f"build_fpn(): extra_blocks={extra_blocks!r} is not valid: expected one of {tuple(EXTRA_BLOCKS)}."
-        )
+        raise ValueError(f"build_fpn(): extra_blocks={extra_blocks!r} is not valid: expected one of {EXTRA_BLOCKS}.")
     if norm not in FPN_NORMS:
-        raise ValueError(f"build_fpn(): norm={norm!r} is not valid: expected one of {tuple(FPN_NORMS)}.")
+        raise ValueError(f"build_fpn(): norm={norm!r} is not valid: expected one of {FPN_NORMS}.")
     info = backbone.feature_info
     if levels is None:
         levels = info.names
@@ -159,7 +167,7 @@ def build_fpn(
             f"(it has {backbone.output_stride})."
         )
     channels = [info[lv].channels for lv in levels]
-    make_extra = EXTRA_BLOCKS[extra_blocks]
+    make_extra = EXTRA_BLOCK_BUILDERS[extra_blocks]
     extra = make_extra(channels[-1], out_channels) if make_extra is not None else None
-    fpn = FeaturePyramidNetwork(channels, out_channels, extra_blocks=extra, norm_layer=FPN_NORMS[norm])
+    fpn = FeaturePyramidNetwork(channels, out_channels, extra_blocks=extra, norm_layer=FPN_NORM_LAYERS[norm])
     return FeaturePyramid(backbone, fpn, levels=levels, out_channels=out_channels)

@@ -31,8 +31,8 @@ from torchvision.models.segmentation.fcn import FCNHead
 from ..backbone import Backbone
 from ..specs import LEVELS
 from ..weights import WeightsArg
-from ._checkpoints import load_head_checkpoint, read_head_checkpoint
-from ._common import check_arch, check_num_classes, resolve_backbone
+from .checkpoints import load_head_checkpoint, read_head_checkpoint
+from .common import check_arch, check_num_classes, resolve_backbone
 
 __all__ = ["SEGMENTERS", "SEGMENTER_ARCHS", "Segmenter", "SegmenterSpec", "build_segmenter"]
 

@@ -1,6 +1,6 @@
 """The typed recipe schema: sections ``model``, ``data``, ``optim``, ``eval``, ``run``, validated by pydantic.
 
-Unknown keys are refused (``extra="forbid"``); :mod:`resbackbone.recipes.loading`
+Unknown keys are refused (``extra="forbid"``); :mod:`resbackbone.recipes.reader`
 turns the errors into messages that name the dotted path and the right key.
 """
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["CHECKPOINT_SUFFIXES", "NESTED_KEYS", "read_checkpoint", "torch_load", "unwrap_state_dict"]
+__all__ = ["CHECKPOINT_SUFFIXES", "NESTED_KEYS", "read_checkpoint", "read_file", "torch_load", "unwrap_state_dict"]
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 """File suffixes read as checkpoints."""
@@ -65,6 +65,18 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         ValueError: The file is not a checkpoint, or it holds pickled objects
             that ``weights_only=True`` refuses (the message says how to re-save it).
     """
+    return unwrap_state_dict(read_file(path), str(path))
+
+
+def read_file(path: str | os.PathLike[str]) -> Any:
+    """What a checkpoint file holds, as saved (a state dict, or a training checkpoint that nests one).
+
+    ``.safetensors`` files are read with safetensors, everything else with
+    ``torch.load(weights_only=True)``; nothing is unwrapped.
+
+    Raises:
+        ValueError: As :func:`read_checkpoint`.
+    """
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -89,7 +101,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
                 f"Could not read {path} as a PyTorch checkpoint ({exc}). Expected a file written by torch.save() "
                 "or a .safetensors file."
             ) from exc
-    return unwrap_state_dict(obj, str(path))
+    return obj
 
 
 def unwrap_state_dict(obj: Any, label: str) -> dict[str, Tensor]:

@@ -18,11 +18,21 @@ from typing import Any
 from torch import Tensor
 
 from ..specs import BackboneSpec, WeightSpec
-from .adapt import adapt_first_conv
-from .files import read_checkpoint, unwrap_state_dict
+from .adapt import adapt_first_conv, adapt_stats
+from .files import unwrap_state_dict
+from .records import read_backbone_file
 from .sources import WeightsArg, resolve_weights
 
-__all__ = ["LoadReport", "detect_prefix", "load_weights", "match_backbone_state", "match_keys", "read_weights"]
+__all__ = [
+    "KeyMatch",
+    "LoadReport",
+    "detect_prefix",
+    "load_weights",
+    "match_backbone_state",
+    "match_keys",
+    "preview",
+    "read_weights",
+]
 
 STATS = ("running_mean", "running_var", "num_batches_tracked")
 """Buffers of a batch norm, which GroupNorm and frozen layers do without."""
@@ -123,7 +133,9 @@ def match_keys(
     Args:
         state: Checkpoint ``{key: tensor}``, keys named as in ``target``.
         target: The model's state dict (only keys and shapes are read).
-        ignore: Key prefix → reason, for parts of the checkpoint left out on purpose.
+        ignore: Key prefix → reason, for parts of the checkpoint the model does not
+            have on purpose (a classifier, an auxiliary head not built). A key the
+            model has is loaded whatever its prefix.
         reinit: Key prefixes of class-dependent layers: a shape mismatch there keeps
             the model's fresh initialisation and is reported as ignored.
         known: For a key the model lacks, the reason to ignore it, or ``None`` when
@@ -132,16 +144,16 @@ def match_keys(
             ``None`` to leave it as it is (the first conv for ``in_chans != 3``).
 
     Returns:
-        The :class:`KeyMatch`; batch-norm counters are never missing nor unexpected.
+        The :class:`KeyMatch`; batch-norm counters are never missing nor unexpected,
+        and every model key is loaded, missing, mismatched or (class-dependent) re-initialised.
     """
     ignore = dict(ignore or {})
     reinit = tuple(reinit)
     out = KeyMatch()
+    reinitialised: set[str] = set()
     for key, value in state.items():
         reason = next((why for prefix, why in ignore.items() if key.startswith(prefix)), None)
-        if reason is not None:
-            out.ignored[key] = reason
-        elif key in target:
+        if key in target:
             want = target[key]
             if adapt is not None and value.shape != want.shape:
                 fitted = adapt(key, value, want)
@@ -152,15 +164,18 @@ def match_keys(
                 out.loaded[key] = value
             elif key.startswith(reinit) and reinit:
                 out.ignored[key] = "class-dependent, re-initialised (num_classes differs)"
+                reinitialised.add(key)
             else:
                 out.mismatched.append((key, tuple(value.shape), tuple(want.shape)))
+        elif reason is not None:  # a part left out, its batch-norm counters included
+            out.ignored[key] = reason
         elif key.endswith("num_batches_tracked"):
             out.ignored[key] = "batch-norm counter"
         elif known is not None and (why := known(key)) is not None:
             out.ignored[key] = why
         else:
             out.unexpected.append(key)
-    settled = set(out.loaded) | set(out.ignored) | {m[0] for m in out.mismatched}
+    settled = set(out.loaded) | reinitialised | {m[0] for m in out.mismatched}
     out.missing = [k for k in target if k not in settled and not k.endswith("num_batches_tracked")]
     return out
 
@@ -246,9 +261,15 @@ def read_weights(
 ) -> tuple[str, dict[str, Tensor], WeightSpec | None]:
     """Resolve, fetch and read ``source`` for the architecture ``spec``.
 
+    A run's checkpoint (``best.pt``/``last.pt``) or an exported backbone file
+    (``backbone.safetensors`` + ``backbone.json``) comes with the record of its
+    backbone: the returned metadata then carries its mean/std, architecture and
+    ``in_chans`` (see :mod:`~resbackbone.weights.records`).
+
     Args:
         spec: The architecture.
-        source: A weight string, a path or a state dict.
+        source: A weight string, a path (a run folder reads its ``backbone.safetensors``,
+            else ``best.pt``, else ``last.pt``) or a state dict.
         progress: Show a progress bar while downloading.
 
     Returns:
@@ -263,17 +284,70 @@ def read_weights(
     if source is None:
         raise TypeError("weights=None loads nothing: pass a weight string, a path or a state dict.")
     resolved = resolve_weights(spec, source)
-    return resolved.label, read_checkpoint(resolved.fetch(progress=progress)), resolved.spec
+    state, record = read_backbone_file(resolved.fetch(progress=progress), resolved.label)
+    return resolved.label, state, record.weight_spec(resolved.label) if record is not None else resolved.spec
 
 
-def load_weights(backbone: Any, source: WeightsArg, *, strict: bool = True, progress: bool = True) -> LoadReport:
-    """Load a checkpoint into ``backbone``: :meth:`Backbone.load_weights <resbackbone.Backbone.load_weights>`.
+def _recorded_mismatch(wspec: WeightSpec | None, name: str, in_chans: int) -> str:
+    """A sentence for errors when the file records another architecture or other input channels."""
+    if wspec is None or wspec.architecture is None:
+        return ""
+    if wspec.architecture != name:
+        return (
+            f" The file records a {wspec.architecture!r} backbone (in_chans {wspec.in_chans}): build "
+            f"create_backbone({wspec.architecture!r}) / model.backbone: {wspec.architecture}, or pass a {name!r} "
+            "checkpoint."
+        )
+    if wspec.in_chans is not None and wspec.in_chans != in_chans:
+        return (
+            f" The file records in_chans={wspec.in_chans}, this backbone takes in_chans={in_chans}: build it with "
+            f"in_chans={wspec.in_chans} (model.in_chans: {wspec.in_chans})."
+        )
+    return ""
 
-    Kept as a function for code written before the method existed.
+
+def load_weights(
+    backbone: Any, source: WeightsArg, *, strict: bool = True, progress: bool = True, label: str | None = None
+) -> LoadReport:
+    """Load a checkpoint into ``backbone`` and report what happened to every key.
+
+    What :meth:`Backbone.load_weights <resbackbone.Backbone.load_weights>` does
+    (see there); kept as a function for code written before the method existed.
+    Where the file records its backbone (a run's checkpoint, an exported
+    backbone), the backbone takes its mean/std, and an error names the
+    architecture or input channels the file was made for.
 
     Example:
         >>> report = load_weights(create_backbone("resnet50"), "torchvision:IMAGENET1K_V2")
         >>> print(report)
         LoadReport(torchvision:IMAGENET1K_V2: 318 loaded; ignored: 2 classifier)
     """
-    return backbone.load_weights(source, strict=strict, progress=progress)
+    read_label, state, wspec = read_weights(backbone.spec, source, progress=progress)
+    label = label or read_label
+    note = _recorded_mismatch(wspec, backbone.name, backbone.in_chans)
+    try:
+        loaded, report = match_backbone_state(
+            state,
+            backbone.state_dict(),
+            reference_keys=backbone.reference_keys,
+            classifier=backbone.classifier,
+            first_conv=backbone.first_conv,
+            in_chans=backbone.in_chans,
+            label=label,
+            name=backbone.name,
+        )
+    except ValueError as exc:
+        raise ValueError(f"{exc}{note}") from None
+    if strict and not report.ok:
+        why = note or " Is it a checkpoint of another architecture or built with other options?"
+        raise ValueError(
+            f"Checkpoint {label} does not fit backbone {backbone.name!r}: {report}.{why} Pass strict=False to "
+            "load_weights() to load what fits."
+        )
+    backbone.load_state_dict(loaded, strict=False)
+    backbone.weights = label
+    backbone.load_report = report
+    if wspec is not None:
+        backbone.mean = adapt_stats(wspec.mean, backbone.in_chans)
+        backbone.std = adapt_stats(wspec.std, backbone.in_chans)
+    return report

@@ -6,7 +6,9 @@ Accepted ``weights`` values:
 - ``"torchvision:<TAG>"``: a member of torchvision's weight enum (``IMAGENET1K_V2``);
 - ``"timm:<tag>"``: a timm pretrained tag (``a1_in1k``), fetched as safetensors;
 - ``"https://host/file.pth#sha256=<hex>"``: any URL, with its sha256;
-- a local ``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors`` file.
+- a local ``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors`` file: a state dict, a
+  run's ``best.pt``/``last.pt``, an exported ``backbone.safetensors``;
+- a run folder: its ``backbone.safetensors`` (pretraining, export), else ``best.pt``, else ``last.pt``.
 """
 
 from __future__ import annotations
@@ -26,13 +28,18 @@ from .cache import cache_dir, download_url
 from .files import CHECKPOINT_SUFFIXES
 
 __all__ = [
+    "RUN_FILES",
     "ResolvedWeights",
     "WeightsArg",
     "cached_path",
+    "resolve_url",
     "resolve_weights",
     "torchvision_weight",
     "weight_tags",
 ]
+
+RUN_FILES = ("backbone.safetensors", "best.pt", "last.pt")
+"""What a run folder given as weights is read from, in this order."""
 
 WeightsArg = str | os.PathLike[str] | Mapping[str, Tensor] | None
 """What ``weights=`` takes everywhere: a weight string, a path, a state dict, or ``None`` (random init)."""
@@ -85,7 +92,7 @@ def cached_path(url: str, fallback: str = "download.pth") -> tuple[Path, str | N
     return cache_dir() / name, prefix.group(1) if prefix else None
 
 
-def torchvision_weight(builder: str, tag: str, *, label: str, owner: str | None = None) -> Any:
+def torchvision_weight(builder: str, tag: str, *, label: str, owner: str | None = None, context: str = "") -> Any:
     """The member ``tag`` of the weight enum of torchvision's model builder ``builder``.
 
     Args:
@@ -93,6 +100,7 @@ def torchvision_weight(builder: str, tag: str, *, label: str, owner: str | None 
         tag: The member's name (``"IMAGENET1K_V2"``).
         label: The weight string as the user wrote it, for the message.
         owner: What the message says the weights are for; ``builder`` by default.
+        context: What starts the message (``"build_detector(): "``).
 
     Raises:
         ValueError: ``tag`` is not a member; the message lists the members as weight strings.
@@ -105,7 +113,7 @@ def torchvision_weight(builder: str, tag: str, *, label: str, owner: str | None 
     except KeyError:
         choices = ", ".join(f"'torchvision:{m}'" for m in _torchvision_tags(builder))
         raise ValueError(
-            f"{label!r} is not a torchvision weight of {owner or builder}; choose one of {choices}."
+            f"{context}{label!r} is not a torchvision weight of {owner or builder}; choose one of {choices}."
         ) from None
 
 
@@ -170,7 +178,13 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike[str]) -> Reso
     if is_file:
         return ResolvedWeights(label=str(path), path=path)
     if is_dir:
-        raise ValueError(f"weights={weights!r} is a folder; {_forms()}.")
+        found = next((path / name for name in RUN_FILES if (path / name).is_file()), None)
+        if found is None:
+            raise ValueError(
+                f"weights={weights!r} is a folder without {', '.join(RUN_FILES)}: pass a run folder of "
+                f"`resbackbone finetune` or `resbackbone pretrain`, or a file; {_forms()}."
+            )
+        return ResolvedWeights(label=str(found), path=found)
     if path.suffix in CHECKPOINT_SUFFIXES or os.sep in text:
         raise ValueError(f"weights={weights!r}: no such file. Check the path; {_forms()}.")
     raise ValueError(f"weights={weights!r} is not a weight string for {spec.name!r}: {_forms()}.")

@@ -19,7 +19,7 @@ from .archives import UnsafeArchiveError, extract_archive
 from .catalog import DATASETS, Archive, DatasetEntry
 from .contents import ContentMismatchError
 from .download import UnverifiedArchiveError, data_yaml, download_dataset, get_entry, manual_instructions
-from .shapes import ensure_shapes_dataset, verify_shapes_dataset
+from .shapes_generator import ensure_shapes_dataset, verify_shapes_dataset
 
 __all__ = [
     "DATASETS",

@@ -146,6 +146,16 @@ class FormatSpec:
     generate: Callable[[Path | None], Path] | None = None
     read_as: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False)
 
+    def __post_init__(self) -> None:
+        if self.read_as:
+            if self.generate is None:
+                raise ValueError(f"FormatSpec {self.name!r}: read_as is set but generate is not; give both or neither.")
+        elif self.index is None or (self.classes is None and self.find_classes is None):
+            raise ValueError(
+                f"FormatSpec {self.name!r} cannot be read: give index= and either classes= or find_classes= "
+                "(or generate= and read_as= for a generated format)."
+            )
+
     def parse_split(self, split: str, value: str) -> SplitSpec:
         """A split given as a short string (``data.train: train``) as its :class:`SplitSpec`.
 

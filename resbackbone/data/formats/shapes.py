@@ -1,7 +1,7 @@
 """The built-in demo dataset as a format: generated on first use, then read as COCO or as a mask folder.
 
 ``data: {format: shapes}`` needs no root: the dataset is made in the cache by
-:func:`~resbackbone.data.acquire.shapes.ensure_shapes_dataset` (or a given
+:func:`~resbackbone.data.acquire.shapes_generator.ensure_shapes_dataset` (or a given
 ``root`` is checked to be one). Detection reads its COCO files, segmentation
 its palette masks; splits and classes are fixed.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..acquire.shapes import SHAPES_CLASSES, ensure_shapes_dataset, verify_shapes_dataset
+from ..acquire.shapes_generator import SHAPES_CLASSES, ensure_shapes_dataset, verify_shapes_dataset
 from .base import SPLITS, FormatSpec, SplitSpec
 from .records import require_root
 

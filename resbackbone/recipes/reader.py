@@ -19,7 +19,7 @@ import copy
 import difflib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -27,6 +27,8 @@ from pydantic import BaseModel, ValidationError
 from .schema import Recipe, RecipeError
 
 __all__ = ["load_recipe"]
+
+SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -102,10 +104,12 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _clean_loc(loc: tuple[Any, ...], *, unknown_last: bool) -> tuple[tuple[Any, ...], list[str]]:
+def _clean_loc(
+    loc: tuple[Any, ...], *, unknown_last: bool, schema: type[BaseModel] = Recipe
+) -> tuple[tuple[Any, ...], list[str]]:
     """Drop pydantic's union-member tags from ``loc``; also return the keys valid where it ends."""
     clean: list[Any] = []
-    model: type[BaseModel] | None = Recipe
+    model: type[BaseModel] | None = schema
     valid: list[str] = []
     for i, part in enumerate(loc):
         if model is None or isinstance(part, int):
@@ -121,11 +125,11 @@ def _clean_loc(loc: tuple[Any, ...], *, unknown_last: bool) -> tuple[tuple[Any, 
     return tuple(clean), valid
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
+def _format_errors(exc: ValidationError, source: str, schema: type[BaseModel] = Recipe) -> str:
     lines = []
     for error in exc.errors():
         unknown = error["type"] == "extra_forbidden"
-        loc, valid = _clean_loc(tuple(error["loc"]), unknown_last=unknown)
+        loc, valid = _clean_loc(tuple(error["loc"]), unknown_last=unknown, schema=schema)
         path = ".".join(str(p) for p in loc) or "(top level)"
         if unknown:
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
@@ -143,17 +147,26 @@ def _format_errors(exc: ValidationError, source: str) -> str:
 
 
 def load_recipe(
-    path: str | os.PathLike[str], *, overrides: list[str] | None = None, data_root: str | os.PathLike[str] | None = None
-) -> Recipe:
+    path: str | os.PathLike[str],
+    *,
+    overrides: list[str] | None = None,
+    data_root: str | os.PathLike[str] | None = None,
+    schema: type[SchemaT] = Recipe,  # type: ignore[assignment]
+) -> SchemaT:
     """Load, merge (``extends``), override (``--set``) and validate a recipe file.
 
     Args:
         path: The YAML file.
         overrides: ``["optim.lr=0.005", ...]``; values are parsed as YAML.
         data_root: Replaces ``data.root`` (the CLI's ``--data``); must exist.
+        schema: The pydantic model the file is validated into: :class:`Recipe`
+            (fine-tuning) or another recipe kind, e.g. the pretraining recipe of
+            :mod:`resbackbone.pretrain`. It is validated with the context
+            ``{"base_dir": <the recipe's folder>}``, against which its validators
+            may resolve relative paths.
 
     Returns:
-        The validated :class:`Recipe`, with ``data.root`` made absolute.
+        The validated recipe, with ``data.root`` made absolute.
 
     Raises:
         RecipeError: The file cannot be read or parsed, a key is unknown, a
@@ -179,6 +192,6 @@ def load_recipe(
     if isinstance(data, dict) and data.get("root") is not None:
         data["root"] = str(_absolute(path.resolve().parent / str(data["root"]), f"{path}: data.root"))
     try:
-        return Recipe.model_validate(raw)
+        return schema.model_validate(raw, context={"base_dir": path.resolve().parent})
     except ValidationError as exc:
-        raise RecipeError(_format_errors(exc, str(path))) from None
+        raise RecipeError(_format_errors(exc, str(path), schema)) from None

@@ -90,7 +90,7 @@ def _torchvision_checkpoint(
             f"{builder}(): weights={text!r}: torchvision publishes no {arch!r} checkpoint on {backbone.name!r}; "
             f"its checkpoints fit {', '.join(fits) or 'nothing here'}. Use backbone_weights= for ImageNet weights."
         )
-    member = torchvision_weight(model_name, text.partition(":")[2], label=text, owner=f"{model_name} ({builder})")
+    member = torchvision_weight(model_name, text.partition(":")[2], label=text, context=f"{builder}(): ")
     path, prefix = cached_path(member.url)
     path = download_url(member.url, path, hash_prefix=prefix, progress=progress)
     return f"torchvision:{member.name} ({model_name})", read_checkpoint(path)
