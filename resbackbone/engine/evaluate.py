@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from ..data import build_dataset
 from ..recipes import Recipe
@@ -19,10 +18,9 @@ from ..tiling import wrap_detector, wrap_segmenter
 from .builders import build_predictor, find_backbone, input_normalization
 from .checkpoint import load_model
 from .distributed import DistContext, pick_device
-from .image_log import ImageLog
+from .image_log import ImageLog, write_image_log
 from .loaders import make_loader
-from .metrics import DetectionMetric, SegmentationMetric, detection_counts, detection_row, segmentation_row
-from .report import draw_worst
+from .scoring import SplitScores, is_native
 
 __all__ = ["autocast", "evaluate_checkpoint", "evaluate_model", "to_device"]
 
@@ -49,17 +47,6 @@ def to_device(images: Any, targets: Any, device: torch.device, channels_last: bo
     return images, targets
 
 
-def _is_native(dataset: Any) -> bool:
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    return bool(getattr(dataset, "native", False))
-
-
-def _name(target: Any, index: int) -> str:
-    path = target.get("path") if isinstance(target, dict) else None
-    return Path(path).name if path else f"#{index}"
-
-
 @torch.no_grad()
 def evaluate_model(
     model: nn.Module,
@@ -83,15 +70,6 @@ def evaluate_model(
     model's input, as resized and padded.
 
     Args:
-        model: The detector or segmenter.
-        loader: Batches of the split.
-        task: ``"detection"`` or ``"segmentation"``.
-        classes: Class names (detection: object classes; segmentation: mask classes).
-        device: Where the model runs.
-        amp: Autocast dtype (``"none"``, ``"bf16"``, ``"fp16"``).
-        ignore_index: Mask label not scored.
-        channels_last: Batches in channels-last memory format.
-        progress: Show a tqdm bar.
         predictor: What runs the model (windows, tiles, TTA; see
             :func:`~resbackbone.engine.builders.build_predictor`); default the plain model.
         image_log: Receives one row per image (and keeps the worst images for overlays).
@@ -102,59 +80,17 @@ def evaluate_model(
     from tqdm.auto import tqdm
 
     model.eval()
-    detection = task == "detection"
     if predictor is None:
-        predictor = wrap_detector(model) if detection else wrap_segmenter(model)
-    native = _is_native(loader.dataset)
-    metric: DetectionMetric | SegmentationMetric = (
-        DetectionMetric(classes) if detection else SegmentationMetric(classes, ignore_index=ignore_index)
+        predictor = wrap_detector(model) if task == "detection" else wrap_segmenter(model)
+    scores = SplitScores(
+        task, classes, native=is_native(loader.dataset), ignore_index=ignore_index, image_log=image_log
     )
-    seen, start = 0, time.perf_counter()
     for images, targets in tqdm(loader, desc="eval", leave=False, disable=not progress):
         images, targets = to_device(images, targets, device, channels_last)
-        sizes = [tuple(t["orig_size"]) for t in targets] if native else None
         with autocast(device, amp):
-            outputs = predictor(images, sizes)
-        truths = [t["mask"] for t in targets] if native and not detection else list(targets)
-        for i, (output, truth) in enumerate(zip(outputs, truths)):
-            if detection:
-                output = {k: v.float() if k != "labels" else v for k, v in output.items()}
-                metric.update([output], [truth])
-                counts = detection_counts(output, truth, len(classes))
-                row, prediction = detection_row(*counts, classes), output
-                badness = row["fp"] + row["fn"]
-            else:
-                prediction = output.argmax(0)
-                counts = metric.update_labels(prediction[None], truth[None])
-                row = segmentation_row(*(c[0] for c in counts), classes)
-                badness = 1.0 - row["dice"]
-            if image_log is not None:
-                target = targets[i]
-                h, w = target["orig_size"] if native else images[i].shape[-2:]
-                image_log.add(
-                    {"image": _name(target, seen + i), "height": int(h), "width": int(w), **row},
-                    badness=badness,
-                    case={
-                        "name": _name(target, seen + i),
-                        "image": images[i].cpu(),
-                        "path": target.get("path") if native and isinstance(target, dict) else None,
-                        "truth": _to_cpu(truth),
-                        "prediction": _to_cpu(prediction),
-                    },
-                )
-        seen += len(outputs)
-    elapsed = time.perf_counter() - start
-    if image_log is not None:
-        image_log.gather()
-    return {**metric.compute(), "images_per_s": seen / elapsed if elapsed > 0 else float("nan")}
-
-
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.cpu()
-    if isinstance(value, dict):
-        return {k: v.cpu() if isinstance(v, Tensor) else v for k, v in value.items()}
-    return value
+            outputs = predictor(images, scores.sizes(targets))
+        scores.add(images, targets, outputs)
+    return scores.compute()
 
 
 def evaluate_checkpoint(
@@ -222,18 +158,5 @@ def evaluate_checkpoint(
         image_log=log,
     )
     if out_dir is not None:
-        folder = Path(out_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        log.write_csv(folder / "per_image.csv")
-        draw_worst(
-            log,
-            folder,
-            prefix=f"worst_{split}",
-            task=recipe.task,
-            classes=classes,
-            mean=mean,
-            std=std,
-            window=recipe.data.window,
-            ignore_index=recipe.data.ignore_index,
-        )
+        write_image_log(log, Path(out_dir), f"worst_{split}", recipe=recipe, classes=classes, mean=mean, std=std)
     return metrics

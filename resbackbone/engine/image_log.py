@@ -1,4 +1,4 @@
-"""Per-image results of an evaluation: one CSV row per image, and the worst images kept for overlays."""
+"""Per-image results of an evaluation: one CSV row per image, and the worst images kept and drawn."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import Tensor
 
+from ..recipes import Recipe
 from .checkpoint import atomic_write_bytes
+from .overlays import as_rgb, draw_overlay, to_pixels
 
-__all__ = ["ImageCase", "ImageLog"]
+__all__ = ["ImageCase", "ImageLog", "draw_case", "draw_worst", "save_png", "write_image_log"]
 
 
 @dataclass(order=True)
@@ -98,3 +102,105 @@ class ImageLog:
         """Write :meth:`to_csv` to ``path`` atomically."""
         atomic_write_bytes(path, self.to_csv().encode())
         return path
+
+
+def save_png(path: Path, picture: np.ndarray) -> Path:
+    """Write a ``uint8 (H, W, 3)`` array as a PNG, atomically."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _file_pixels(path: str | None, window: tuple[float, float] | None) -> np.ndarray | None:
+    """The image file's pixels as ``uint8 (H, W, 3)``, or ``None`` without a file."""
+    if path is None:
+        return None
+    from ..data import read_image
+
+    return as_rgb(read_image(path, in_chans=3, window=window))
+
+
+def _caption(task: str, row: dict[str, Any]) -> str:
+    if task == "detection":
+        return f"TP {row['tp']}  FP {row['fp']}  FN {row['fn']} (IoU 0.5, score 0.5)"
+    return f"Dice {row['dice']:.3f}  IoU {row['iou']:.3f}"
+
+
+def draw_worst(
+    log: ImageLog,
+    folder: Path,
+    *,
+    prefix: str,
+    task: str,
+    classes: list[str],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    window: tuple[float, float] | None = None,
+    ignore_index: int | None = None,
+) -> list[Path]:
+    """Draw the worst images an evaluation kept: ground truth beside prediction, at the image's own resolution.
+
+    Returns:
+        The PNG files, ``<prefix>_00.png`` for the worst.
+    """
+    paths = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for rank, case in enumerate(log.worst):
+        paths.append(
+            save_png(
+                folder / f"{prefix}_{rank:02d}.png", draw_case(case, task, classes, mean, std, window, ignore_index)
+            )
+        )
+    return paths
+
+
+def draw_case(
+    case: ImageCase,
+    task: str,
+    classes: list[str],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    window: tuple[float, float] | None,
+    ignore_index: int | None,
+) -> np.ndarray:
+    """One image as ``uint8 (H, W, 3)``: ground truth beside prediction, captioned with its scores."""
+    pixels = _file_pixels(case.path, window)
+    if pixels is None:
+        pixels = to_pixels(case.image, mean, std)
+    return draw_overlay(
+        pixels,
+        case.prediction.numpy() if isinstance(case.prediction, Tensor) else case.prediction,
+        task=task,
+        classes=classes,
+        truth=case.truth.numpy() if isinstance(case.truth, Tensor) else case.truth,
+        title=f"{case.name}   {_caption(task, case.row)}",
+        ignore_index=ignore_index,
+    )
+
+
+def write_image_log(
+    log: ImageLog, folder: Path, prefix: str, *, recipe: Recipe, classes: list[str], mean: Any, std: Any
+) -> list[Path]:
+    """Write ``per_image.csv`` and draw the worst images (``<prefix>_NN.png``) into ``folder``.
+
+    Returns:
+        The CSV file and the drawings.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path = log.write_csv(folder / "per_image.csv")
+    data = recipe.data
+    drawn = draw_worst(
+        log,
+        folder,
+        prefix=prefix,
+        task=recipe.task,
+        classes=classes,
+        mean=mean,
+        std=std,
+        window=data.window,
+        ignore_index=data.ignore_index,
+    )
+    return [csv_path, *drawn]

@@ -11,18 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..tiling import wrap_detector, wrap_segmenter
 from .checkpoint import atomic_write_bytes
-from .image_log import ImageCase, ImageLog
+from .image_log import ImageCase, ImageLog, draw_case, draw_worst, save_png
 from .metrics import SegmentationMetric, detection_counts, detection_row, segmentation_row
-from .overlays import COLORS, as_rgb, draw_overlay, to_pixels
+from .overlays import COLORS
 
-__all__ = ["RunArtifacts", "draw_prediction", "draw_worst", "epoch_line", "finish_run", "save_png", "write_metrics"]
+__all__ = ["RunArtifacts", "draw_prediction", "epoch_line", "finish_run", "write_metrics"]
 
 
 @dataclass(frozen=True)
@@ -161,82 +160,6 @@ def draw_prediction(
     return draw_segmentation_masks(canvas, masks, alpha=0.45, colors=COLORS[: len(masks)] * 4)
 
 
-def save_png(path: Path, picture: np.ndarray) -> Path:
-    """Write a ``uint8 (H, W, 3)`` array as a PNG, atomically."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
-
-def _file_pixels(path: str | None, window: tuple[float, float] | None) -> np.ndarray | None:
-    """The image file's pixels as ``uint8 (H, W, 3)``, or ``None`` without a file."""
-    if path is None:
-        return None
-    from ..data import read_image
-
-    return as_rgb(read_image(path, in_chans=3, window=window))
-
-
-def _caption(task: str, row: dict[str, Any]) -> str:
-    if task == "detection":
-        return f"TP {row['tp']}  FP {row['fp']}  FN {row['fn']} (IoU 0.5, score 0.5)"
-    return f"Dice {row['dice']:.3f}  IoU {row['iou']:.3f}"
-
-
-def draw_worst(
-    log: ImageLog,
-    folder: Path,
-    *,
-    prefix: str,
-    task: str,
-    classes: list[str],
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    window: tuple[float, float] | None = None,
-    ignore_index: int | None = None,
-) -> list[Path]:
-    """Draw the worst images an evaluation kept: ground truth beside prediction, at the image's own resolution.
-
-    Returns:
-        The PNG files, ``<prefix>_00.png`` for the worst.
-    """
-    paths = []
-    folder.mkdir(parents=True, exist_ok=True)
-    for rank, case in enumerate(log.worst):
-        paths.append(
-            save_png(
-                folder / f"{prefix}_{rank:02d}.png", _draw_case(case, task, classes, mean, std, window, ignore_index)
-            )
-        )
-    return paths
-
-
-def _draw_case(
-    case: ImageCase,
-    task: str,
-    classes: list[str],
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    window: tuple[float, float] | None,
-    ignore_index: int | None,
-) -> np.ndarray:
-    pixels = _file_pixels(case.path, window)
-    if pixels is None:
-        pixels = to_pixels(case.image, mean, std)
-    return draw_overlay(
-        pixels,
-        case.prediction.numpy() if isinstance(case.prediction, Tensor) else case.prediction,
-        task=task,
-        classes=classes,
-        truth=case.truth.numpy() if isinstance(case.truth, Tensor) else case.truth,
-        title=f"{case.name}   {_caption(task, case.row)}",
-        ignore_index=ignore_index,
-    )
-
-
 def _overlays(run: RunArtifacts, model: nn.Module) -> list[Path]:
     """The first ``run.overlays`` images of the overlay split, ground truth beside prediction."""
     dataset = run.overlay_set
@@ -266,7 +189,7 @@ def _overlays(run: RunArtifacts, model: nn.Module) -> list[Path]:
         path = target.get("path") if native or detection else None
         name = Path(path).name if path else f"#{index}"
         case = ImageCase(0.0, index, name=name, row=row, image=image, path=path, truth=truth, prediction=prediction)
-        picture = _draw_case(case, run.task, run.classes, run.mean, run.std, run.window, run.ignore_index)
+        picture = draw_case(case, run.task, run.classes, run.mean, run.std, run.window, run.ignore_index)
         paths.append(save_png(run.output / "overlays" / f"val_{index:03d}.png", picture))
     return paths
 
