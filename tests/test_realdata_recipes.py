@@ -30,7 +30,14 @@ BCCD_SHORT = [
     "model.head_options={rpn_pre_nms_top_n_train: 400, rpn_post_nms_top_n_train: 200, rpn_pre_nms_top_n_test: 200,"
     " rpn_post_nms_top_n_test: 100, box_batch_size_per_image: 32}",
 ]
-DSB_SHORT = ["data.image_size=256", "data.crop_size=128", "optim.epochs=6", "optim.warmup_epochs=0.5", "eval.every=6"]
+DSB_SHORT = [
+    "data.image_size=256",
+    "data.crop_size=128",
+    "optim.epochs=6",
+    "optim.warmup_epochs=0.5",
+    "eval.every=6",
+    "eval.tta=[]",  # one pass: the short run checks learning, not the recipe's inference
+]
 
 
 def _run(recipe_name: str, data: Path, output: Path, overrides: list[str], *, before: bool) -> tuple[dict, dict]:

@@ -1,4 +1,4 @@
-"""``resbackbone data check|download|list``: dataset tools."""
+"""``resbackbone data check|stats|download|list``: dataset tools."""
 
 from __future__ import annotations
 
@@ -22,6 +22,23 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
         print(problem)
     print(f"{recipe.name}: {len(errors)} errors, {len(problems) - len(errors)} warnings.")
     return 1 if errors else 0
+
+
+def _cmd_data_stats(args: argparse.Namespace) -> int:
+    from ..data.stats import dataset_stats
+    from ..heads import DETECTORS
+    from ..recipes import load_recipe
+
+    recipe = load_recipe(args.recipe, overrides=args.set, data_root=args.data)
+    stats = dataset_stats(recipe.data, task=recipe.task, split=args.split, progress=not args.no_progress)
+    levels, octaves = 0, 1
+    if recipe.task == "detection":
+        spec = DETECTORS[recipe.model.head]
+        maps = len(recipe.model.levels or spec.levels)
+        levels = maps + (1 if spec.extra_blocks == "maxpool" else 2)
+        octaves = 3 if recipe.model.head == "retinanet" else 1
+    print(f"{recipe.name}: " + stats.report(anchor_levels=levels, octaves=octaves))
+    return 0
 
 
 def _cmd_data_download(args: argparse.Namespace) -> int:
@@ -62,6 +79,13 @@ def add_parsers(sub: Subparsers) -> None:
     q = data_sub.add_parser("check", help="report every problem of a recipe's dataset at once")
     add_recipe_args(q)
     q.set_defaults(func=_cmd_data_check)
+    q = data_sub.add_parser(
+        "stats", help="image and object sizes at the recipe's scale; suggested image_size, crop_size, anchor_sizes"
+    )
+    add_recipe_args(q)
+    q.add_argument("--split", default="train", choices=("train", "val", "test"), help="split measured (default train)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=_cmd_data_stats)
     q = data_sub.add_parser("download", help="download a dataset from its official source, laid out for a recipe")
     q.add_argument("name", help="dataset name, e.g. kvasir_seg (see `resbackbone data list`)")
     q.add_argument("--root", metavar="DIR", help="parent folder of the dataset (default: $TORCH_HOME/hub/datasets)")

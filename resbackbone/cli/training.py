@@ -33,13 +33,23 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
+    import sys
 
     from ..engine import evaluate_checkpoint
+    from ..engine.builders import describe_inference
     from ..recipes import load_recipe
 
     recipe = load_recipe(args.recipe, overrides=args.set, data_root=args.data)
-    metrics = evaluate_checkpoint(recipe, args.checkpoint, split=args.split, device=args.device, fast=args.fast)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{args.split}"
+    metrics = evaluate_checkpoint(
+        recipe, args.checkpoint, split=args.split, device=args.device, out_dir=out, worst=args.worst, fast=args.fast
+    )
     print(json.dumps(metrics, indent=2))
+    print(
+        f"{args.split}: {describe_inference(recipe)}, {metrics['images_per_s']:.2f} images/s; "
+        f"per-image metrics in {out / 'per_image.csv'}, the {args.worst} worst images drawn in {out}/",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -89,6 +99,12 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument("--split", default="val", choices=("train", "val", "test"))
     p.add_argument("--device", default="auto")
     p.add_argument("--fast", action="store_true", help=FAST_HELP)
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder for per_image.csv and the worst images (default: CHECKPOINT's folder/eval_SPLIT)",
+    )
+    p.add_argument("--worst", type=int, default=8, metavar="N", help="how many of the worst images to draw (default 8)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(

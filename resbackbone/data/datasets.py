@@ -10,6 +10,12 @@ Items:
 * segmentation: ``(image, mask)`` with ``mask`` ``int64 [H, W]`` in 0..K-1
   and ``ignore_index`` for ignored or padded pixels.
 
+With ``native=True`` (evaluation at the file's resolution) the image is only
+resized to the model's scale (no padding, so sizes differ between items) and
+the targets stay in the file's pixels: detection boxes as annotated (clipped),
+and for segmentation a target dict ``{"mask", "orig_size", "path"}`` with the
+mask at the file's size. Batch such items with :func:`detection_collate`.
+
 Training augmentations draw their randomness from torch's generator (one seed
 per item), so ``torch.manual_seed`` — per DataLoader worker as torch seeds
 them — makes a run's augmentations reproducible.
@@ -68,6 +74,7 @@ class _Base(Dataset):
         window: tuple[float, float] | None,
         train: bool,
         classes: list[str],
+        native: bool = False,
     ) -> None:
         self.records = records
         self.transform = transform
@@ -77,6 +84,7 @@ class _Base(Dataset):
         self.window = window
         self.train = train
         self.classes = classes
+        self.native = native
         self.subset: Any = None  # the TrainSubset when a label fraction chose the records (data.subsets)
 
     def __len__(self) -> int:
@@ -113,7 +121,11 @@ class DetectionDataset(_Base):
         boxes = np.clip(boxes, 0, [w, h, w, h])
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         self._reseed()
-        out = self.transform(image=image, bboxes=boxes[keep], labels=rec.labels[keep])
+        if self.native:  # boxes stay in the file's pixels; the image goes to the model's scale
+            out = {"image": self.transform(image=image, bboxes=np.zeros((0, 4)), labels=[])["image"]}
+            out |= {"bboxes": boxes[keep], "labels": rec.labels[keep]}
+        else:
+            out = self.transform(image=image, bboxes=boxes[keep], labels=rec.labels[keep])
         target = {
             "boxes": torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1)),
@@ -155,16 +167,23 @@ class SegmentationDataset(_Base):
             )
         return mask
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _labels(self, mask: np.ndarray) -> torch.Tensor:
+        target = np.asarray(mask).astype(np.int64)
+        if self.ignore_code != self.ignore_index:
+            target[target == self.ignore_code] = self.ignore_index
+        return torch.from_numpy(target)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         rec: SegmentationRecord = self.records[index]
         image = read_image(rec.image, in_chans=self.in_chans, window=self.window)
         mask = self.load_mask(rec, image.shape[:2])
         self._reseed()
+        if self.native:
+            scaled = self.transform(image=image)["image"]
+            target = {"mask": self._labels(mask), "orig_size": mask.shape[:2], "path": str(rec.image)}
+            return self._to_tensor(scaled), target
         out = self.transform(image=image, mask=mask)
-        target = np.asarray(out["mask"]).astype(np.int64)
-        if self.ignore_code != self.ignore_index:
-            target[target == self.ignore_code] = self.ignore_index
-        return self._to_tensor(out["image"]), torch.from_numpy(target)
+        return self._to_tensor(out["image"]), self._labels(out["mask"])
 
 
 def detection_collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict]]:
@@ -189,6 +208,7 @@ def build_dataset(
     std: tuple[float, ...],
     in_chans: int = 3,
     base_dir: str | Path | None = None,
+    native: bool = False,
 ) -> DetectionDataset | SegmentationDataset:
     """Index a split and wrap it in a dataset with its transforms.
 
@@ -207,13 +227,15 @@ def build_dataset(
         std: Per-channel std (the backbone's ``std``).
         in_chans: Channels the backbone expects.
         base_dir: Folder a relative ``root`` resolves against (the recipe's folder).
+        native: Evaluation at the file's resolution: images resized to the model's
+            scale without padding, targets left in the file's pixels (module docs).
 
     Returns:
         A :class:`DetectionDataset` or :class:`SegmentationDataset`.
 
     Raises:
         ValueError: Task and format do not fit, mean/std lengths differ from
-            ``in_chans``, the split is missing, or ``ignore_index`` is a class.
+            ``in_chans``, the split is missing, ``ignore_index`` is a class, or ``native`` with ``train``.
         DataError: Problems in the dataset files (all listed).
 
     Example:
@@ -223,6 +245,8 @@ def build_dataset(
     """
     if len(mean) != in_chans or len(std) != in_chans:
         raise ValueError(f"mean {tuple(mean)} and std {tuple(std)} must have in_chans={in_chans} values each")
+    if native and train:
+        raise ValueError("build_dataset(native=True) is for evaluation; pass train=False")
     if any(s <= 0 for s in std):
         raise ValueError(f"std {tuple(std)} must be positive")
     prepared, root = prepare(cfg, task, base_dir)
@@ -236,9 +260,10 @@ def build_dataset(
         "window": cfg.window,
         "train": train,
         "classes": names,
+        "native": native,
     }
     if task == "detection":
-        transform = build_transforms(prepared, task=task, train=train)
+        transform = build_transforms(prepared, task=task, train=train, pad=not native)
         return DetectionDataset(records, transform=transform, **common)
     if 0 <= cfg.ignore_index < len(names):
         raise ValueError(
@@ -246,6 +271,6 @@ def build_dataset(
             "pick a value outside 0..K-1 (e.g. 255)"
         )
     code = ignore_code(len(names))
-    transform = build_transforms(prepared, task=task, train=train, mask_fill=code)
+    transform = build_transforms(prepared, task=task, train=train, mask_fill=code, pad=not native)
     lut = build_class_map(prepared, names) if FORMAT_SPECS[prepared.format].mask_files else None
     return SegmentationDataset(records, lut=lut, ignore_index=cfg.ignore_index, transform=transform, **common)

@@ -3,7 +3,9 @@
 Training: ``resize`` (longest side fitted into ``image_size``, or stretched) →
 the recipe's ``augment`` list → pad to at least ``image_size`` → random crop to
 exactly ``image_size``. Evaluation: resize → pad → top-left crop, all
-deterministic. Padding is 0 in the image and ignored in the mask.
+deterministic; or the resize alone (``pad=False``), for evaluation at the
+file's resolution, where the prediction is resized back. Padding is 0 in the
+image and ignored in the mask.
 Detection pipelines carry ``bboxes`` (pascal_voc, pixels) with a ``labels``
 field; boxes that an augmentation pushes out of the image are dropped.
 """
@@ -35,7 +37,7 @@ def _check_boxes_supported(transforms: list[Any]) -> None:
             )
 
 
-def build_transforms(cfg: DataConfig, *, task: str, train: bool, mask_fill: int = 255) -> A.Compose:
+def build_transforms(cfg: DataConfig, *, task: str, train: bool, mask_fill: int = 255, pad: bool = True) -> A.Compose:
     """The albumentations pipeline for ``cfg``.
 
     Args:
@@ -43,13 +45,15 @@ def build_transforms(cfg: DataConfig, *, task: str, train: bool, mask_fill: int 
         task: ``"detection"`` (adds box parameters) or ``"segmentation"``.
         train: Include the recipe's augmentations and a random crop (``crop_size``).
         mask_fill: Mask value of padded pixels (the loader's internal ignore code).
+        pad: Pad and crop to ``image_size`` after the resize; ``False`` (evaluation only)
+            stops at the resize, leaving the image at the model's scale and its own aspect.
 
     Returns:
         ``A.Compose`` taking ``image`` (HWC uint8 or float32) and ``bboxes`` +
         ``labels`` (detection) or ``mask`` (segmentation); it does not normalise.
 
     Raises:
-        ValueError: An augmentation that cannot move boxes, for detection.
+        ValueError: An augmentation that cannot move boxes, for detection, or ``pad=False`` in training.
     """
     import albumentations as A
     import cv2
@@ -59,6 +63,10 @@ def build_transforms(cfg: DataConfig, *, task: str, train: bool, mask_fill: int 
         steps: list[Any] = [A.Resize(height=h, width=w)]
     else:
         steps = [A.LongestMaxSize(max_size_hw=(h, w))]
+    if train and not pad:
+        raise ValueError("build_transforms(pad=False) is for evaluation; training crops need train=True, pad=True")
+    if not pad:
+        return A.Compose(steps, bbox_params=_box_params(task))
     if train and cfg.augment:
         augment = validate_augment(cfg.augment)
         if task == "detection":
@@ -71,7 +79,12 @@ def build_transforms(cfg: DataConfig, *, task: str, train: bool, mask_fill: int 
     )
     ch, cw = cfg.crop_hw
     steps.append(A.RandomCrop(height=ch, width=cw) if train else A.Crop(x_min=0, y_min=0, x_max=w, y_max=h))
-    bbox_params = None
-    if task == "detection":
-        bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True, filter_invalid_bboxes=True)
-    return A.Compose(steps, bbox_params=bbox_params)
+    return A.Compose(steps, bbox_params=_box_params(task))
+
+
+def _box_params(task: str) -> A.BboxParams | None:
+    import albumentations as A
+
+    if task != "detection":
+        return None
+    return A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True, filter_invalid_bboxes=True)

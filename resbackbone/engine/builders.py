@@ -1,4 +1,4 @@
-"""From a recipe to a model, its parameter groups, optimiser and schedule."""
+"""From a recipe to a model, its parameter groups, optimiser and schedule, and the predictor that runs it."""
 
 from __future__ import annotations
 
@@ -12,20 +12,80 @@ from ..backbone import Backbone, create_backbone
 from ..heads import DETECTORS, SEGMENTERS, build_detector, build_segmenter
 from ..recipes import ModelConfig, OptimConfig, Recipe
 from ..specs import LEVELS
+from ..tiling import Detector, Segmenter, wrap_detector, wrap_segmenter
 
 __all__ = [
     "build_model",
     "build_model_from_config",
     "build_optimizer",
+    "build_predictor",
     "build_scheduler",
+    "describe_inference",
     "find_backbone",
     "input_normalization",
 ]
 
 
 def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
-    """The detector or segmenter a recipe describes (:func:`build_model_from_config` at the recipe's image size)."""
-    return build_model_from_config(recipe.model, num_classes=num_classes, image_side=max(recipe.data.size_hw))
+    """The detector or segmenter a recipe describes (:func:`build_model_from_config` at the recipe's input size).
+
+    A detector's input side is the training crop's (``data.crop_size``, else
+    ``data.image_size``): the crops it trains on, and the tiles of ``eval.tiles``,
+    then go through its transform unscaled; a whole image is shrunk to fit.
+    """
+    side = max(recipe.data.crop_hw) if recipe.task == "detection" else max(recipe.data.size_hw)
+    return build_model_from_config(recipe.model, num_classes=num_classes, image_side=side)
+
+
+def build_predictor(
+    model: nn.Module, recipe: Recipe, *, mean: tuple[float, ...], std: tuple[float, ...]
+) -> Segmenter | Detector:
+    """What runs ``model`` in evaluation and prediction, as ``recipe.eval`` says.
+
+    Sliding windows (segmentation) or tiles (detection) default to the training
+    crop's size; whole segmentation inputs are padded as the evaluation transform
+    pads them (to ``data.image_size``, with black), so every path sees the input it was checked on.
+
+    Args:
+        model: The detector or segmenter.
+        recipe: Its recipe (``eval``: windows, tiles, TTA; ``data``: crop and input size).
+        mean: Per-channel mean the inputs were normalised with.
+        std: Per-channel std.
+
+    Returns:
+        A callable from model-scale images (and the sizes to answer at) to predictions
+        (:func:`~resbackbone.tiling.wrap_segmenter`, :func:`~resbackbone.tiling.wrap_detector`).
+    """
+    ev, data = recipe.eval, recipe.data
+    if recipe.task == "detection":
+        return wrap_detector(model, tiles=ev.tiles, tile_size=data.crop_hw, tta=ev.tta)
+    black = tuple(-m / s for m, s in zip(mean, std))
+    return wrap_segmenter(
+        model, window=ev.sliding_window, window_size=data.crop_hw, tta=ev.tta, pad_value=black, min_size=data.size_hw
+    )
+
+
+def describe_inference(recipe: Recipe) -> str:
+    """How evaluation runs the model, in words: resolution, windows or tiles, TTA.
+
+    Example:
+        >>> describe_inference(recipe)
+        'native resolution; sliding windows 192x192 (overlap 0.25, gaussian); TTA hflip, vflip'
+    """
+    ev, data = recipe.eval, recipe.data
+    parts = ["native resolution" if ev.resolution == "native" else "model resolution (resized input)"]
+    if ev.sliding_window is not None:
+        w = ev.sliding_window
+        h, wd = (w.size, w.size) if isinstance(w.size, int) else (w.size or data.crop_hw)
+        parts.append(f"sliding windows {h}x{wd} (overlap {w.overlap:g}, {w.blend})")
+    if ev.tiles is not None:
+        t = ev.tiles
+        h, wd = (t.size, t.size) if isinstance(t.size, int) else (t.size or data.crop_hw)
+        whole = " + whole image" if t.whole else ""
+        parts.append(f"tiles {h}x{wd} (overlap {t.overlap:g}, {t.merge} at {t.iou:g}){whole}")
+    if ev.tta:
+        parts.append("TTA " + ", ".join(ev.tta))
+    return "; ".join(parts)
 
 
 def build_model_from_config(m: ModelConfig, *, num_classes: int, image_side: int) -> nn.Module:

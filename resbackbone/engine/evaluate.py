@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,11 +14,13 @@ from torch.utils.data import DataLoader
 
 from ..data import build_dataset
 from ..recipes import Recipe
-from .builders import find_backbone, input_normalization
+from ..tiling import wrap_detector, wrap_segmenter
+from .builders import build_predictor, find_backbone, input_normalization
 from .checkpoint import load_model
 from .distributed import DistContext, pick_device
+from .image_log import ImageLog, write_image_log
 from .loaders import make_loader
-from .metrics import DetectionMetric, SegmentationMetric
+from .scoring import SplitScores, is_native
 
 __all__ = ["autocast", "evaluate_checkpoint", "evaluate_model", "to_device"]
 
@@ -55,24 +59,38 @@ def evaluate_model(
     ignore_index: int = 255,
     channels_last: bool = False,
     progress: bool = False,
+    predictor: Callable[..., list[Any]] | None = None,
+    image_log: ImageLog | None = None,
 ) -> dict[str, float]:
-    """Metrics of ``model`` over ``loader`` (reduced over processes when distributed)."""
+    """Metrics of ``model`` over ``loader`` (reduced over processes when distributed).
+
+    A split built with ``native=True`` (:func:`~resbackbone.data.build_dataset`) is
+    scored at each file's resolution: the predictor resizes logits back to the
+    file's size, or gives boxes in its pixels. Otherwise the metrics are on the
+    model's input, as resized and padded.
+
+    Args:
+        predictor: What runs the model (windows, tiles, TTA; see
+            :func:`~resbackbone.engine.builders.build_predictor`); default the plain model.
+        image_log: Receives one row per image (and keeps the worst images for overlays).
+
+    Returns:
+        The metrics by name, and ``images_per_s``, the evaluation's throughput.
+    """
     from tqdm.auto import tqdm
 
     model.eval()
-    metric: DetectionMetric | SegmentationMetric = (
-        DetectionMetric(classes) if task == "detection" else SegmentationMetric(classes, ignore_index=ignore_index)
+    if predictor is None:
+        predictor = wrap_detector(model) if task == "detection" else wrap_segmenter(model)
+    scores = SplitScores(
+        task, classes, native=is_native(loader.dataset), ignore_index=ignore_index, image_log=image_log
     )
     for images, targets in tqdm(loader, desc="eval", leave=False, disable=not progress):
         images, targets = to_device(images, targets, device, channels_last)
         with autocast(device, amp):
-            output = model(images)
-        if task == "detection":
-            metric.update(output, targets)
-        else:
-            logits = output["out"] if isinstance(output, dict) else output
-            metric.update(logits.float(), targets)
-    return metric.compute()
+            outputs = predictor(images, scores.sizes(targets))
+        scores.add(images, targets, outputs)
+    return scores.compute()
 
 
 def evaluate_checkpoint(
@@ -82,21 +100,29 @@ def evaluate_checkpoint(
     split: str = "val",
     device: str = "auto",
     progress: bool = True,
+    out_dir: str | os.PathLike[str] | None = None,
+    worst: int = 8,
     fast: bool = False,
 ) -> dict[str, float]:
     """Metrics of a checkpoint on a split of ``recipe``'s dataset.
 
+    The model runs as ``recipe.eval`` says (resolution, sliding windows or
+    tiles, test-time augmentation), so a checkpoint can be scored with other
+    inference settings than it was trained with (``--set eval.tta=[hflip]``).
+
     Args:
-        recipe: Names the dataset, and how to load and batch it.
+        recipe: Names the dataset, how to load and batch it, and how to run the model.
         checkpoint: A ``last.pt`` or ``best.pt`` (its EMA weights when it has them).
         split: The split to evaluate on.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, …
         progress: Show a tqdm bar.
+        out_dir: Where to write ``per_image.csv`` and overlays of the ``worst`` images; ``None`` writes nothing.
+        worst: How many of the worst images to draw.
         fast: Evaluate :func:`~resbackbone.optimize.optimize_model`'s copy of the model (batch norms
             folded, memory format measured, compiled, bf16 where the device computes it natively).
 
     Returns:
-        The metrics by name (``miou``, ``dice``, … or ``map``, ``map50``, …).
+        The metrics by name (``miou``, ``dice``, … or ``map``, ``map50``, …) and ``images_per_s``.
 
     Raises:
         ValueError: The checkpoint's task differs from the recipe's, or it does not fit its model.
@@ -115,6 +141,7 @@ def evaluate_checkpoint(
         mean=mean,
         std=std,
         in_chans=backbone.in_chans,
+        native=recipe.eval.resolution == "native",
     )
     batch_size = recipe.eval.batch_size or recipe.optim.batch_size
     loader = make_loader(
@@ -124,12 +151,19 @@ def evaluate_checkpoint(
         from ..optimize import optimize_model
 
         model = optimize_model(model)
-    return evaluate_model(
+    log = ImageLog(keep_worst=worst if out_dir is not None else 0)
+    metrics = evaluate_model(
         model,
         loader,
         task=recipe.task,
         classes=classes,
         device=dev,
+        amp=recipe.optim.amp,
         ignore_index=recipe.data.ignore_index,
         progress=progress,
+        predictor=build_predictor(model, recipe, mean=mean, std=std),
+        image_log=log,
     )
+    if out_dir is not None:
+        write_image_log(log, Path(out_dir), f"worst_{split}", recipe=recipe, classes=classes, mean=mean, std=std)
+    return metrics

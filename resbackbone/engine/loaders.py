@@ -49,7 +49,9 @@ def build_splits(
 
     With ``data.train_fraction`` (or ``train_count``) the train split keeps that
     nested, seeded subset of its images (:func:`~resbackbone.data.take_train_subset`),
-    described by its ``subset`` attribute.
+    described by its ``subset`` attribute. The eval and test splits keep their
+    targets at each file's resolution when ``eval.resolution`` is ``native``
+    (``build_dataset(native=True)``).
 
     Args:
         recipe: Names the data, the task and the input channels.
@@ -66,8 +68,9 @@ def build_splits(
         raise ValueError(f"The train split of {recipe.name} is empty; check data.train.")
     train = take_train_subset(train, data)
     split = recipe.eval.split
-    evaluation = build_dataset(data, split, train=False, **common) if has_split(data, split) else None
-    test = build_dataset(data, "test", train=False, **common) if has_split(data, "test") else None
+    native = recipe.eval.resolution == "native"
+    evaluation = build_dataset(data, split, train=False, native=native, **common) if has_split(data, split) else None
+    test = build_dataset(data, "test", train=False, native=native, **common) if has_split(data, "test") else None
     return train, evaluation, test
 
 
@@ -80,10 +83,12 @@ def make_loader(
         dataset: The split.
         batch_size: Images per batch and process.
         train: Shuffle (per process under ``torchrun``) and drop a last partial batch.
-        task: ``"detection"`` batches images as lists (sizes may differ); segmentation stacks them.
+        task: ``"detection"`` batches images as lists (sizes may differ); segmentation stacks them,
+            unless the split is at native resolution (``dataset.native``), whose sizes differ too.
         run: The recipe's ``run`` section (seed, workers).
         ctx: This process's place in the process group.
     """
+    as_lists = task == "detection" or bool(getattr(dataset, "native", False))
     sampler = None
     if train and ctx.distributed:
         sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=run.seed)
@@ -95,7 +100,7 @@ def make_loader(
         shuffle=train and sampler is None,
         sampler=sampler,
         num_workers=run.workers,
-        collate_fn=detection_collate if task == "detection" else None,
+        collate_fn=detection_collate if as_lists else None,
         drop_last=train and len(dataset) > batch_size,
         generator=torch.Generator().manual_seed(run.seed),
         worker_init_fn=seed_worker,

@@ -19,13 +19,22 @@ from torch import nn
 from ..backbone import Backbone
 from ..deprecation import moved_names
 from ..recipes import Recipe
-from ..runtime import Backend, ModelInfo, PredictResult, file_sha256, fitted_runner, predict_images
+from ..runtime import (
+    Backend,
+    ModelInfo,
+    Prediction,
+    PredictResult,
+    Runner,
+    file_sha256,
+    fitted_runner,
+    predict_images,
+)
 from . import evaluate
-from .builders import find_backbone
+from .builders import build_predictor, find_backbone, input_normalization
 from .checkpoint import load_model
 from .distributed import pick_device
 
-__all__ = ["model_info", "predict", "torch_backend"]
+__all__ = ["model_info", "predict", "recipe_runner", "torch_backend"]
 
 
 def model_info(recipe: Recipe, classes: list[str], backbone: Backbone, *, source: str) -> ModelInfo:
@@ -73,6 +82,38 @@ def torch_backend(model: nn.Module, info: ModelInfo, *, device: torch.device) ->
     return run
 
 
+def recipe_runner(model: nn.Module, recipe: Recipe, backbone: Backbone, *, device: torch.device) -> Runner:
+    """``runner(images)`` that runs ``model`` as ``recipe.eval`` says: sliding windows or tiles, test-time
+    augmentation, predictions at each image's own size (:func:`~resbackbone.engine.builders.build_predictor`)."""
+    from ..data import build_transforms, image_to_tensor
+
+    mean, std = input_normalization(backbone, recipe.task)
+    transform = build_transforms(recipe.data, task=recipe.task, train=False, pad=False)
+    run_model = build_predictor(model, recipe, mean=mean, std=std)
+    detection = recipe.task == "detection"
+
+    @torch.no_grad()
+    def run(images: list[np.ndarray]) -> list[Prediction]:
+        predictions = []
+        for pixels in images:
+            h, w = pixels.shape[:2]
+            extra = {"bboxes": np.zeros((0, 4)), "labels": []} if detection else {}
+            tensor = image_to_tensor(transform(image=pixels, **extra)["image"], mean, std)
+            output = run_model([tensor.to(device)], [(h, w)])[0]
+            if detection:
+                boxes, scores, labels = (output[k].float().cpu().numpy() for k in ("boxes", "scores", "labels"))
+                predictions.append(
+                    Prediction(
+                        boxes=boxes.astype(np.float64), scores=scores.astype(np.float64), labels=labels.astype(np.int64)
+                    )
+                )
+            else:
+                predictions.append(Prediction(mask=output.argmax(0).to(torch.uint8).cpu().numpy()))
+        return predictions
+
+    return run
+
+
 def predict(
     checkpoint: str | os.PathLike[str],
     images: Sequence[str | os.PathLike[str]],
@@ -91,8 +132,10 @@ def predict(
     detection, ``boxes`` (xyxy in the original image's pixels), ``scores`` and
     ``labels`` (class names); for segmentation, the path of the class-index mask
     PNG written beside it and the pixel count per class (see
-    :mod:`resbackbone.runtime.predict`). Images are resized and padded as
-    evaluation does. An image that cannot be read is skipped and listed; a run
+    :mod:`resbackbone.runtime.predict`). The model runs as the checkpoint's
+    recipe says: resized and padded as evaluation does, or over sliding windows
+    or tiles and with test-time augmentation where ``eval`` asks for them
+    (:func:`recipe_runner`). An image that cannot be read is skipped and listed; a run
     into an ``out_dir`` that holds results of the same model does only the rest.
 
     Args:
@@ -116,14 +159,20 @@ def predict(
     """
     dev = pick_device(device)
     model, recipe, classes = load_model(checkpoint, device=dev)
-    info = model_info(recipe, classes, find_backbone(model), source=str(checkpoint))
+    backbone = find_backbone(model)
+    info = model_info(recipe, classes, backbone, source=str(checkpoint))
     if fast:
         from ..optimize import optimize_model
 
         model = optimize_model(model)
+    ev = recipe.eval
+    if ev.sliding_window is not None or ev.tiles is not None or ev.tta:
+        runner = recipe_runner(model, recipe, backbone, device=dev)
+    else:
+        runner = fitted_runner(torch_backend(model, info, device=dev), info)
     header = {"model": str(Path(checkpoint).resolve()), "model_sha256": file_sha256(checkpoint)}
     return predict_images(
-        fitted_runner(torch_backend(model, info, device=dev), info),
+        runner,
         info,
         images,
         out_dir,

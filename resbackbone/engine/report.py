@@ -15,11 +15,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..tiling import wrap_detector, wrap_segmenter
 from .checkpoint import atomic_write_bytes
+from .image_log import ImageCase, ImageLog, draw_case, draw_worst, save_png
+from .metrics import SegmentationMetric, detection_counts, detection_row, segmentation_row
+from .overlays import COLORS
 
 __all__ = ["RunArtifacts", "draw_prediction", "epoch_line", "finish_run", "write_metrics"]
-
-_COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class RunArtifacts:
         overlays: How many overlays to draw (``run.overlays``).
         device: Where the model runs.
         log: Prints a line (the trainer's main-process logger).
+        predictor: Runs the model as the recipe's ``eval:`` says
+            (:func:`~resbackbone.engine.builders.build_predictor`); ``None``: the plain model.
+        test_log: The test split's per-image results: written to ``test_per_image.csv``,
+            its worst images drawn to ``overlays/worst_test_*.png``.
+        window: DICOM window the images are read with (for drawing at their own resolution).
+        ignore_index: Mask label of ignored pixels (drawn grey).
     """
 
     output: Path
@@ -53,6 +61,10 @@ class RunArtifacts:
     overlays: int = 0
     device: torch.device | str = "cpu"
     log: Callable[[str], None] = print
+    predictor: Callable[..., list[Any]] | None = None
+    test_log: ImageLog | None = None
+    window: tuple[float, float] | None = None
+    ignore_index: int | None = None
 
 
 def _json(obj: Any) -> str:
@@ -138,42 +150,47 @@ def draw_prediction(
         keep = output["scores"] >= score_thresh
         boxes, labels, scores = output["boxes"][keep].cpu(), output["labels"][keep].cpu(), output["scores"][keep].cpu()
         names = [f"{classes[int(lb) - 1] if 0 < lb <= len(classes) else lb} {s:.2f}" for lb, s in zip(labels, scores)]
-        colors = [_COLORS[(int(lb) - 1) % len(_COLORS)] for lb in labels]
+        colors = [COLORS[(int(lb) - 1) % len(COLORS)] for lb in labels]
         return draw_bounding_boxes(canvas, boxes, labels=names, colors=colors, width=2) if len(boxes) else canvas
     logits = output["out"] if isinstance(output, dict) else output
     pred = logits.argmax(0).cpu()
     masks = torch.stack([pred == c for c in range(1, len(classes))]) if len(classes) > 1 else None
     if masks is None or not masks.any():
         return canvas
-    return draw_segmentation_masks(canvas, masks, alpha=0.45, colors=_COLORS[: len(masks)] * 4)
+    return draw_segmentation_masks(canvas, masks, alpha=0.45, colors=COLORS[: len(masks)] * 4)
 
 
 def _overlays(run: RunArtifacts, model: nn.Module) -> list[Path]:
-    from PIL import Image
-
+    """The first ``run.overlays`` images of the overlay split, ground truth beside prediction."""
     dataset = run.overlay_set
     if dataset is None or run.overlays == 0:
         return []
-    folder = run.output / "overlays"
-    folder.mkdir(exist_ok=True)
     model.eval()
     detection = run.task == "detection"
+    predictor = run.predictor or (wrap_detector(model) if detection else wrap_segmenter(model))
+    native = bool(getattr(dataset, "native", False))
     paths = []
     for index in range(min(run.overlays, len(dataset))):
-        image, _ = dataset[index]
+        image, target = dataset[index]
+        size = [tuple(target["orig_size"])] if native else None
         with torch.no_grad():
-            output = model([image.to(run.device)] if detection else image[None].to(run.device))
-        output = output[0] if detection else output
-        if isinstance(output, dict) and "out" in output:
-            output = {"out": output["out"][0]}
-        elif isinstance(output, Tensor):
-            output = output[0]
-        picture = draw_prediction(image, output, task=run.task, classes=run.classes, mean=run.mean, std=run.std)
-        buffer = io.BytesIO()
-        Image.fromarray(picture.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
-        path = folder / f"val_{index:03d}.png"
-        atomic_write_bytes(path, buffer.getvalue())
-        paths.append(path)
+            output = predictor([image.to(run.device)], size)[0]
+        if detection:
+            truth = target
+            prediction = {k: v.cpu() for k, v in output.items()}
+            row = detection_row(*detection_counts(prediction, truth, len(run.classes)), run.classes)
+        else:
+            truth = target["mask"] if native else target
+            prediction = output.argmax(0).cpu()
+            counts = SegmentationMetric(run.classes, ignore_index=run.ignore_index or 255).update_labels(
+                prediction[None], truth[None]
+            )
+            row = segmentation_row(*(c[0] for c in counts), run.classes)
+        path = target.get("path") if native or detection else None
+        name = Path(path).name if path else f"#{index}"
+        case = ImageCase(0.0, index, name=name, row=row, image=image, path=path, truth=truth, prediction=prediction)
+        picture = draw_case(case, run.task, run.classes, run.mean, run.std, run.window, run.ignore_index)
+        paths.append(save_png(run.output / "overlays" / f"val_{index:03d}.png", picture))
     return paths
 
 
@@ -189,6 +206,8 @@ def _table(summary: dict[str, Any], split: str) -> str:
         layout = "channels-last" if summary.get("channels_last") else "contiguous"
         compiled = ", compiled" if summary.get("compiled") else ""
         rows.append(("precision", f"{'fp32' if summary['amp'] == 'none' else summary['amp']}, {layout}{compiled}"))
+    if summary.get("evaluation"):
+        rows.append(("evaluated", summary["evaluation"]))
     best = summary.get("best")
     if best:
         rows.append(
@@ -227,7 +246,21 @@ def finish_run(run: RunArtifacts, summary: dict[str, Any], model: nn.Module) -> 
     curves = _plot_curves(run.output, run.history, run.metric, run.split)
     if curves:
         summary["files"]["curves"] = str(curves)
+    (run.output / "overlays").mkdir(exist_ok=True)
     overlays = _overlays(run, model)
+    if run.test_log is not None and run.test_log.rows:
+        summary["files"]["test_per_image"] = str(run.test_log.write_csv(run.output / "test_per_image.csv"))
+        overlays += draw_worst(
+            run.test_log,
+            run.output / "overlays",
+            prefix="worst_test",
+            task=run.task,
+            classes=run.classes,
+            mean=run.mean,
+            std=run.std,
+            window=run.window,
+            ignore_index=run.ignore_index,
+        )
     if overlays:
         summary["files"]["overlays"] = str(overlays[0].parent)
     atomic_write_bytes(run.output / "summary.json", json.dumps(summary, indent=2, default=float).encode())

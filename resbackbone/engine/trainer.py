@@ -24,7 +24,15 @@ from ..data import class_names
 from ..recipes import Recipe
 from . import distributed
 from .acceleration import compile_for_training, measure_training_memory_format, prefer_channels_last, resolve_amp
-from .builders import build_model, build_optimizer, build_scheduler, find_backbone, input_normalization
+from .builders import (
+    build_model,
+    build_optimizer,
+    build_predictor,
+    build_scheduler,
+    describe_inference,
+    find_backbone,
+    input_normalization,
+)
 from .checkpoint import (
     best_state,
     load_checkpoint,
@@ -35,6 +43,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .evaluate import evaluate_model
+from .image_log import ImageLog
 from .loaders import build_splits, make_loader, seed_everything
 from .loop import TrainingError, TrainState, train_epoch
 from .losses import SegmentationLoss
@@ -113,6 +122,7 @@ class Trainer:
         self.bad_evals = 0
         self.skipped_batches = 0
         self.overflow_steps = 0  # fp16 updates the gradient scaler skipped (inf/NaN gradients)
+        self._test_log: ImageLog | None = None  # the test split's per-image results, at the end
         if resume:
             self._resume()
 
@@ -218,8 +228,15 @@ class Trainer:
             )
         return {**tally.means(), "lr": max(g["lr"] for g in self.optimizer.param_groups)}
 
-    def evaluate(self, dataset: Dataset | None = None) -> dict[str, float]:
-        """Metrics of the current model (its EMA when enabled) on ``dataset`` (default: the eval split)."""
+    def _predictor(self, model: torch.nn.Module) -> Any:
+        return build_predictor(model, self.recipe, mean=self.mean, std=self.std)
+
+    def evaluate(self, dataset: Dataset | None = None, *, image_log: ImageLog | None = None) -> dict[str, float]:
+        """Metrics of the current model (its EMA when enabled) on ``dataset`` (default: the eval split).
+
+        The model runs as ``recipe.eval`` says (resolution, windows or tiles, TTA);
+        ``image_log`` receives one row per image.
+        """
         dataset = dataset if dataset is not None else self.eval_set
         if dataset is None:
             return {}
@@ -235,6 +252,8 @@ class Trainer:
             ignore_index=self.recipe.data.ignore_index,
             channels_last=self.channels_last,
             progress=self.progress,
+            predictor=self._predictor(model),
+            image_log=image_log,
         )
 
     def ranks_in_sync(self) -> bool:
@@ -307,6 +326,7 @@ class Trainer:
 
     def _finish(self, seconds: float, stopped_early: bool) -> dict[str, Any]:
         test_metrics: dict[str, float] = {}
+        self._test_log = ImageLog(keep_worst=self.recipe.run.overlays)
         if self.test_set is not None:
             best = self.output / "best.pt"
             target = self.ema.module if self.ema is not None else self.model
@@ -314,7 +334,7 @@ class Trainer:
                 state = load_checkpoint(best)
                 target.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
             distributed.broadcast_state(target, self.ctx)  # rank 0's file may be on another machine
-            test_metrics = self.evaluate(self.test_set)
+            test_metrics = self.evaluate(self.test_set, image_log=self._test_log)
         summary = {
             "recipe": self.recipe.name,
             "epochs": self.epoch,
@@ -324,6 +344,7 @@ class Trainer:
             "skipped_batches": self.skipped_batches,
             "overflow_steps": self.overflow_steps,
             "metric": self.recipe.metric,
+            "evaluation": describe_inference(self.recipe),
             "best": self.best,
             "test": test_metrics,
             "device": str(self.device),
@@ -355,6 +376,7 @@ class Trainer:
 
     def _artifacts(self) -> RunArtifacts:
         """What the end-of-run report draws from (see :func:`~resbackbone.engine.report.finish_run`)."""
+        model = self.ema.module if self.ema is not None else self.model
         return RunArtifacts(
             output=self.output,
             task=self.task,
@@ -368,4 +390,8 @@ class Trainer:
             overlays=self.recipe.run.overlays,
             device=self.device,
             log=self._log,
+            predictor=self._predictor(model),
+            test_log=self._test_log,
+            window=self.recipe.data.window,
+            ignore_index=self.recipe.data.ignore_index,
         )

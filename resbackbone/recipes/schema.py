@@ -8,12 +8,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..data.config import FORMAT_TASKS, DataConfig
 from ..specs import NORMS, OUTPUT_STRIDES
+from ..tiling.config import SlidingWindowConfig, TilesConfig, check_tta_names
 
-__all__ = ["HEAD_TASKS", "EvalConfig", "ModelConfig", "OptimConfig", "Recipe", "RecipeError", "RunConfig"]
+__all__ = [
+    "HEAD_TASKS",
+    "EvalConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "Recipe",
+    "RecipeError",
+    "RunConfig",
+    "SlidingWindowConfig",
+    "TilesConfig",
+]
 
 HEAD_TASKS: dict[str, str] = {
     "faster_rcnn": "detection",
@@ -171,7 +182,7 @@ class OptimConfig(_Section):
 
 
 class EvalConfig(_Section):
-    """``eval:`` — when and how the model is evaluated.
+    """``eval:`` — when and how the model is evaluated (and how ``predict`` runs it).
 
     Attributes:
         every: Evaluate every this many epochs (and after the last).
@@ -179,12 +190,32 @@ class EvalConfig(_Section):
         metric: The metric that picks the best checkpoint: ``map``, ``map50``
             (detection) or ``miou``, ``dice`` (segmentation; foreground classes).
         batch_size: Images per evaluation step; ``null`` uses ``optim.batch_size``.
+        resolution: ``native``: predictions are resized back to each image file's size
+            and scored against its own annotations (boxes in the file's pixels, masks at
+            its size), as mmseg and nnU-Net report; ``model``: scored on the resized,
+            padded input, as trained (cheaper, not comparable across image sizes).
+        sliding_window: Segmentation: windows at the training scale, logits blended
+            (:class:`~resbackbone.tiling.config.SlidingWindowConfig`); ``null``: whole images.
+        tiles: Detection: overlapping tiles at the training scale, boxes merged
+            (:class:`~resbackbone.tiling.config.TilesConfig`); ``null``: whole images.
+        tta: Test-time augmentation, each one more pass: ``hflip``, ``vflip``, ``rot90``,
+            ``rot180``, ``rot270``, ``transpose``, ``antitranspose``. Segmentation averages
+            the passes' logits; detection fuses their boxes (weighted box fusion).
     """
 
     every: int = Field(default=1, ge=1)
     split: Literal["train", "val", "test"] = "val"
     metric: Literal["map", "map50", "miou", "dice"] | None = None
     batch_size: int | None = Field(default=None, ge=1)
+    resolution: Literal["native", "model"] = "native"
+    sliding_window: SlidingWindowConfig | None = None
+    tiles: TilesConfig | None = None
+    tta: list[str] = Field(default_factory=list)
+
+    @field_validator("tta")
+    @classmethod
+    def _check_tta(cls, value: list[str]) -> list[str]:
+        return check_tta_names(value)
 
 
 class RunConfig(_Section):
@@ -248,4 +279,14 @@ class Recipe(_Section):
         detection_metric = self.metric in ("map", "map50")
         if detection_metric != (self.task == "detection"):
             raise ValueError(f"eval.metric {self.metric!r} does not apply to {self.task}")
+        if self.eval.sliding_window is not None and self.task == "detection":
+            raise ValueError(
+                f"eval.sliding_window applies to segmentation, but {self.model.head!r} is a detection head; "
+                "for detection use eval.tiles: {size: ..., overlap: ...} (boxes merged across tiles)"
+            )
+        if self.eval.tiles is not None and self.task == "segmentation":
+            raise ValueError(
+                f"eval.tiles applies to detection, but {self.model.head!r} is a segmentation head; "
+                "for segmentation use eval.sliding_window: {size: ..., overlap: ..., blend: gaussian}"
+            )
         return self

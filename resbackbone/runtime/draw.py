@@ -7,10 +7,20 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PALETTE", "display_image", "draw_boxes", "draw_mask"]
+__all__ = ["MAX_SIDE", "MIN_SIDE", "PALETTE", "display_image", "draw_boxes", "draw_mask", "readable_scale"]
 
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe")
 """Class colours, in class order (detection label 1 and segmentation class 1 take the first)."""
+
+
+MIN_SIDE, MAX_SIDE = 384, 1024
+"""Overlays are drawn with their long side in [MIN_SIDE, MAX_SIDE] px, so small inputs stay readable."""
+
+
+def readable_scale(height: int, width: int) -> float:
+    """Factor bringing the long side into [:data:`MIN_SIDE`, :data:`MAX_SIDE`] px (1 when it already is)."""
+    side = max(height, width)
+    return MIN_SIDE / side if side < MIN_SIDE else (MAX_SIDE / side if side > MAX_SIDE else 1.0)
 
 
 def _rgb(color: str) -> tuple[int, int, int]:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .draw import draw_boxes, draw_mask
+from .draw import display_image, draw_boxes, draw_mask, readable_scale
 from .files import PredictionLog, atomic_write_bytes, collect_images, output_names
 from .metadata import ModelInfo
 from .preprocess import Fitted, fit_image, mask_to_image, resize_logits
@@ -129,8 +129,11 @@ def _png(array: np.ndarray) -> bytes:
 def _write(
     path: Path, image: np.ndarray, prediction: Prediction, info: ModelInfo, out: Path, name: str, *, score_thresh: float
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """The record of one image (its mask file written) and its overlay (not written)."""
+    """The record of one image (its mask file written) and its overlay (not written), enlarged or reduced to
+    a readable size (:func:`~resbackbone.runtime.draw.readable_scale`)."""
     h, w = image.shape[:2]
+    scale = readable_scale(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
     record: dict[str, Any] = {"image": str(path), "size": [h, w]}
     classes = info.classes
     if info.task == "detection":
@@ -142,14 +145,25 @@ def _write(
             "scores": [round(float(s), 4) for s in scores],
             "labels": names,
         }
-        return record, draw_boxes(image, boxes, names, scores, [int(lb) - 1 for lb in labels])
+        picture = _resized(display_image(image), size, smooth=True)
+        return record, draw_boxes(picture, boxes * scale, names, scores, [int(lb) - 1 for lb in labels])
     mask = prediction.mask
     dtype = np.uint8 if len(classes) <= 256 else np.uint16
     mask_path = out / f"{name}_mask.png"
     atomic_write_bytes(mask_path, _png(mask.astype(dtype)))
     counts = np.bincount(mask.ravel(), minlength=len(classes))
     record |= {"mask": str(mask_path), "pixels": {c: int(n) for c, n in zip(classes, counts)}}
-    return record, draw_mask(image, mask)
+    return record, draw_mask(_resized(display_image(image), size, smooth=True), _resized(mask, size, smooth=False))
+
+
+def _resized(array: np.ndarray, size: tuple[int, int], *, smooth: bool) -> np.ndarray:
+    """``array`` at ``size`` (W, H): bilinear for pictures, nearest for class maps."""
+    from PIL import Image
+
+    if array.shape[1] == size[0] and array.shape[0] == size[1]:
+        return array
+    image = Image.fromarray(array if smooth else array.astype(np.int32))
+    return np.asarray(image.resize(size, Image.BILINEAR if smooth else Image.NEAREST))
 
 
 def _read(path: Path, info: ModelInfo) -> np.ndarray:
