@@ -54,14 +54,18 @@ def test_a_segmentation_backbone_goes_into_detection_and_back(seg_run: Path, tmp
 
 
 def test_create_backbone_takes_a_run_checkpoint_with_its_ema_and_statistics(seg_run: Path) -> None:
-    state = load_checkpoint(seg_run / "best.pt")
+    prefix = "model.encoder.backbone."
+    best = load_checkpoint(seg_run / "best.pt")  # holds the weights the run evaluated: its EMA
     backbone = create_backbone("test_resnet", weights=str(seg_run / "best.pt"))
     assert backbone.load_report.missing == ()
-    prefix = "model.encoder.backbone."
-    ema = {k.removeprefix(prefix): v for k, v in state["ema"].items() if k.startswith(prefix)}
     for key, value in backbone.state_dict().items():
-        torch.testing.assert_close(value, ema[key])  # the EMA weights, which the run evaluated, not the raw ones
-    assert not all(torch.equal(ema[k], state["model"][prefix + k]) for k in ema)
+        torch.testing.assert_close(value, best["model"][prefix + key])
+    last = load_checkpoint(seg_run / "last.pt")  # holds the raw weights and the EMA: the EMA is taken
+    from_last = create_backbone("test_resnet", weights=str(seg_run / "last.pt"))
+    ema = {k.removeprefix(prefix): v for k, v in last["ema"].items() if k.startswith(prefix)}
+    for key, value in from_last.state_dict().items():
+        torch.testing.assert_close(value, ema[key])
+    assert not all(torch.equal(ema[k], last["model"][prefix + k]) for k in ema)
     _, record = read_backbone_file(seg_run / "best.pt")
     assert isinstance(record, BackboneRecord) and record.architecture == "test_resnet"
     assert record.origin["kind"] == "finetune" and record.origin["head"] == "deeplabv3plus"
