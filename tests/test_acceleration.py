@@ -14,6 +14,7 @@ import torch
 from resbackbone.engine import Trainer
 from resbackbone.engine import acceleration as acc
 from resbackbone.engine.checkpoint import BEST_FORMAT, load_checkpoint, load_model, resume_state
+from resbackbone.optimize import native_low_precision, prefers_bf16
 from resbackbone.recipes import load_recipe
 
 from .conftest import REPO_ROOT
@@ -27,9 +28,9 @@ def _recipe(tmp_path: Path, *extra: str) -> object:
     )
 
 
-@pytest.mark.parametrize(("native", "expected"), [(False, "none"), (True, "bf16")], ids=["emulated", "native"])
-def test_amp_auto_is_bf16_only_where_native(native: bool, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(acc, "native_low_precision", lambda device, dtype: native)
+@pytest.mark.parametrize(("faster", "expected"), [(False, "none"), (True, "bf16")], ids=["fp32-faster", "bf16-faster"])
+def test_amp_auto_is_bf16_only_where_it_is_faster(faster: bool, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(acc, "prefers_bf16", lambda device: faster)
     assert acc.resolve_amp("auto", torch.device("cpu")) == expected
     assert acc.resolve_amp("none", torch.device("cpu")) == "none"
     assert acc.resolve_amp("bf16", torch.device("cpu")) == "bf16"
@@ -49,10 +50,13 @@ def test_amp_auto_is_fp32_on_a_cpu_without_native_bf16() -> None:
     assert result.stdout.split() == ["none", "False"]
 
 
-def test_amp_auto_is_bf16_on_a_cpu_with_avx512_bf16() -> None:
-    if not torch.cpu._is_avx512_bf16_supported():
-        pytest.skip("this CPU has no AVX512-BF16")
-    assert acc.resolve_amp("auto", torch.device("cpu")) == "bf16"
+def test_amp_auto_follows_the_cpu_instructions_found_at_run_time() -> None:
+    """bf16 where AMX is found; fp32 with AVX512-BF16 alone (native but slower than fp32 for a training step)."""
+    amx = torch.cpu._is_amx_tile_supported()
+    native = native_low_precision("cpu", torch.bfloat16)
+    assert prefers_bf16("cpu") == (native and amx)
+    assert acc.resolve_amp("auto", torch.device("cpu")) == ("bf16" if native and amx else "none")
+    assert acc.resolve_amp("bf16", torch.device("cpu")) == "bf16"  # asked for, it is run
 
 
 def test_amp_fp16_on_cpu_is_refused() -> None:
@@ -74,7 +78,7 @@ def test_auto_settings_are_chosen_said_and_recorded(
 ) -> None:
     """A CPU without native bf16 trains in fp32 under amp: auto; channels_last: auto times both formats,
     leaves the model and the random state as they were, and the choice reaches the log and summary.json."""
-    monkeypatch.setattr(acc, "native_low_precision", lambda device, dtype: False)
+    monkeypatch.setattr(acc, "prefers_bf16", lambda device: False)
     timings = {"contiguous": 1.0, "channels_last": 2.0}  # contiguous clearly faster
     calls = []
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..optimize import native_low_precision
+from ..optimize import prefers_bf16
 from .evaluate import autocast
 
 __all__ = [
@@ -33,9 +33,10 @@ _CONTIGUOUS_MARGIN = 0.9  # contiguous must be 10 % faster to be chosen, as opti
 def resolve_amp(amp: str, device: torch.device) -> str:
     """The autocast precision ``optim.amp`` means on ``device``: ``"none"``, ``"bf16"`` or ``"fp16"``.
 
-    ``"auto"`` is ``"bf16"`` where the device computes bf16 natively (CUDA with
-    bf16 support; a CPU with AVX512-BF16 or AMX, as oneDNN reports it), else
-    ``"none"``: an emulated bf16 step is slower than fp32.
+    ``"auto"`` is ``"bf16"`` where bf16 is native and faster than fp32 (CUDA with
+    bf16 support; a CPU with AMX, as :func:`~resbackbone.optimize.prefers_bf16`
+    checks), else ``"none"``: an emulated bf16 step is slower than fp32, and so is
+    a native one on AVX512-BF16 without AMX.
 
     Raises:
         ValueError: ``"fp16"`` on a device other than CUDA.
@@ -44,7 +45,7 @@ def resolve_amp(amp: str, device: torch.device) -> str:
         raise ValueError("optim.amp='fp16' needs a CUDA device; use amp: bf16 on the CPU, or amp: none (or auto).")
     if amp != "auto":
         return amp
-    return "bf16" if native_low_precision(device, torch.bfloat16) else "none"
+    return "bf16" if prefers_bf16(device) else "none"
 
 
 @contextlib.contextmanager

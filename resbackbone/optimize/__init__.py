@@ -9,7 +9,13 @@
   whole segmenter or detector (``predict --fast``, ``evaluate --fast``).
 """
 
-from .compiling import CompileFallbackWarning, compile_frozen, measure_memory_format, native_low_precision
+from .compiling import (
+    CompileFallbackWarning,
+    compile_frozen,
+    measure_memory_format,
+    native_low_precision,
+    prefers_bf16,
+)
 from .folding import fold_batch_norms, fold_batch_norms_in_place, fold_sequential_batch_norms
 from .inference_backbone import InferenceBackbone, optimize_for_inference, stages_module
 from .models import FrozenModule, optimize_model
@@ -26,5 +32,6 @@ __all__ = [
     "native_low_precision",
     "optimize_for_inference",
     "optimize_model",
+    "prefers_bf16",
     "stages_module",
 ]

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .compiling import CompileFallbackWarning, compile_frozen, measure_memory_format, native_low_precision
+from .compiling import CompileFallbackWarning, compile_frozen, measure_memory_format, native_low_precision, prefers_bf16
 from .folding import fold_batch_norms_in_place, fold_sequential_batch_norms
 
 __all__ = ["FrozenModule", "optimize_model"]
@@ -152,7 +152,7 @@ def optimize_model(
         raise TypeError(f"optimize_model() takes a segmenter or detector from resbackbone, got {type(model).__name__}.")
     device = next(model.parameters()).device
     if dtype is None:
-        dtype = torch.bfloat16 if native_low_precision(device, torch.bfloat16) else torch.float32
+        dtype = torch.bfloat16 if prefers_bf16(device) else torch.float32
     fast = copy.deepcopy(model).eval()
     for param in fast.parameters():
         param.requires_grad_(False)
