@@ -366,8 +366,8 @@ class Trainer:
         optim, run = self.recipe.optim, self.recipe.run
         amp = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[self.amp]
         if optim.amp == "auto":
-            native = "native" if self.amp == "bf16" else "not native"
-            amp += f" (amp: auto; bf16 is {native} on this {self.device.type})"
+            faster = "faster" if self.amp == "bf16" else "not faster"
+            amp += f" (amp: auto; bf16 is {faster} than fp32 on this {self.device.type})"
         layout = "channels-last" if self.channels_last else "contiguous"
         if self.memory_format_timings:
             ms = {k: f"{v * 1e3:.0f} ms" for k, v in self.memory_format_timings.items()}
