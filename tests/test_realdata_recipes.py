@@ -29,6 +29,7 @@ BCCD_SHORT = [
     # at 128 px the RoI head costs most: fewer proposals and sampled RoIs halve the step
     "model.head_options={rpn_pre_nms_top_n_train: 400, rpn_post_nms_top_n_train: 200, rpn_pre_nms_top_n_test: 200,"
     " rpn_post_nms_top_n_test: 100, box_batch_size_per_image: 32}",
+    "eval.tta=[]",  # one pass: the short run checks learning, not the recipe's inference
 ]
 DSB_SHORT = [
     "data.image_size=256",
