@@ -114,6 +114,26 @@ def test_the_pretrained_backbone_loads_into_every_head(head: str, build: object,
     assert create_backbone("test_resnet", weights=str(pretrained)).weights.endswith("backbone.safetensors")
 
 
+@pytest.mark.parametrize(("amp", "dtype"), [("bf16", torch.bfloat16), ("none", torch.float32)])
+def test_the_training_step_runs_at_the_precision_asked(amp: str, dtype: torch.dtype, tmp_path: Path) -> None:
+    trainer = Pretrainer(tiny_recipe(tmp_path, f"optim.amp={amp}", "pretrain.monitor_every=10"), progress=False)
+    seen: list[torch.dtype] = []
+    conv = trainer.backbone.get_submodule(trainer.backbone.first_conv)
+    hook = conv.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    trainer.run_epoch()
+    hook.remove()
+    assert seen and set(seen) == {dtype}
+    assert trainer.fit()["amp"] == amp
+
+
+def test_amp_auto_resolves_before_it_reaches_autocast(tmp_path: Path) -> None:
+    from resbackbone.optimize import prefers_bf16
+
+    trainer = Pretrainer(tiny_recipe(tmp_path, "optim.amp=auto"), progress=False)
+    assert trainer.amp == ("bf16" if prefers_bf16(trainer.device) else "none")
+    assert trainer.fit()["monitor"]["monitor/embedding_std"] >= 0
+
+
 @pytest.mark.parametrize("method", ["byol", "densecl"])
 def test_resume_continues_exactly(method: str, tmp_path: Path) -> None:
     """Two epochs in one go == one epoch, a fresh process state, and --resume: momentum encoder and memory bank."""

@@ -23,6 +23,7 @@ __all__ = [
     "compile_for_training",
     "measure_training_memory_format",
     "prefer_channels_last",
+    "precision_text",
     "resolve_amp",
     "sample_batch",
 ]
@@ -46,6 +47,15 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     if amp != "auto":
         return amp
     return "bf16" if prefers_bf16(device) else "none"
+
+
+def precision_text(asked: str, resolved: str, device: torch.device) -> str:
+    """What ``optim.amp: asked`` came to on ``device``, for a run's start line and summary."""
+    text = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[resolved]
+    if asked == "auto":
+        faster = "faster" if resolved == "bf16" else "not faster"
+        text += f" (amp: auto; bf16 is {faster} than fp32 on this {device.type})"
+    return text
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from .builders import build_model
 
 __all__ = [
     "BEST_FORMAT",
+    "CheckpointedRun",
     "atomic_write_bytes",
     "best_state",
     "load_checkpoint",
@@ -210,3 +211,47 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointedRun:
+    """What a fine-tuning and a pretraining run share: the progress ``last.pt`` keeps, resuming from it, and
+    messages from the main process only.
+
+    A subclass sets ``progress_fields`` (the attributes a checkpoint keeps beside the optimisation state) and
+    ``ctx``, ``output``, and implements ``_train_state()`` (a :class:`~resbackbone.engine.loop.TrainState`).
+    """
+
+    progress_fields: ClassVar[tuple[str, ...]] = ()
+    ctx: Any
+    output: Path
+
+    def _train_state(self) -> Any:
+        raise NotImplementedError
+
+    def _run_state(self) -> dict[str, Any]:
+        """The optimisation state, the progress fields and the random states, as ``last.pt`` keeps them."""
+        return {
+            **self._train_state().state_dict(),
+            **{name: getattr(self, name) for name in self.progress_fields},
+            "rng": rng_state(),
+        }
+
+    def _restore(self, state: dict[str, Any], path: Path) -> None:
+        """Continue from ``state`` (read from ``path``): weights, optimiser, progress and random states; then
+        remove the temporary files an interrupted write left in the run folder."""
+        self._train_state().load_state_dict(state)
+        for name in self.progress_fields:
+            setattr(self, name, state[name])
+        set_rng_state(state["rng"])
+        self._log(f"Resumed from {path}: epoch {state['epoch']}, step {state['step']}.")
+        if self.ctx.is_main:
+            removed = remove_partial_writes(self.output)
+            if removed:
+                names = ", ".join(p.name for p in removed)
+                self._log(f"Removed {len(removed)} partial file(s) an interrupted write left behind: {names}.")
+
+    def _log(self, message: str) -> None:
+        if self.ctx.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(message)

@@ -23,7 +23,13 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import class_names
 from ..recipes import Recipe
 from . import distributed
-from .acceleration import compile_for_training, measure_training_memory_format, prefer_channels_last, resolve_amp
+from .acceleration import (
+    compile_for_training,
+    measure_training_memory_format,
+    precision_text,
+    prefer_channels_last,
+    resolve_amp,
+)
 from .builders import (
     build_model,
     build_optimizer,
@@ -34,13 +40,11 @@ from .builders import (
     input_normalization,
 )
 from .checkpoint import (
+    CheckpointedRun,
     best_state,
     load_checkpoint,
-    remove_partial_writes,
     resume_state,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
 )
 from .evaluate import evaluate_model
 from .image_log import ImageLog
@@ -51,8 +55,6 @@ from .report import RunArtifacts, epoch_line, finish_run, write_metrics
 
 __all__ = ["Trainer", "TrainingError"]
 
-# What a checkpoint keeps of the run's progress, beside the weights and optimisation state
-_PROGRESS = ("epoch", "step", "best", "history", "bad_evals", "skipped_batches", "overflow_steps")
 
 
 def _train_images(dataset: Dataset) -> dict[str, Any]:
@@ -61,7 +63,7 @@ def _train_images(dataset: Dataset) -> dict[str, Any]:
     return subset.as_dict() if subset is not None else {"images": len(dataset)}  # type: ignore[arg-type]
 
 
-class Trainer:
+class Trainer(CheckpointedRun):
     """Fine-tune the model a :class:`~resbackbone.recipes.Recipe` describes.
 
     Args:
@@ -75,6 +77,9 @@ class Trainer:
         >>> summary = trainer.fit()
         >>> summary["best"]["miou"]
     """
+
+    # What a checkpoint keeps of the run's progress, beside the weights and optimisation state
+    progress_fields = ("epoch", "step", "best", "history", "bad_evals", "skipped_batches", "overflow_steps")
 
     def __init__(self, recipe: Recipe, *, resume: bool = False, progress: bool = True, output: Path | None = None):
         self.recipe = recipe
@@ -159,11 +164,9 @@ class Trainer:
 
     def _state(self) -> dict[str, Any]:
         return {
-            **self._train_state().state_dict(),
-            **{name: getattr(self, name) for name in _PROGRESS},
+            **self._run_state(),
             "classes": self.classes,
             "recipe": self.recipe.model_dump(mode="json", by_alias=True),
-            "rng": rng_state(),
         }
 
     def _best_state(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
@@ -178,23 +181,8 @@ class Trainer:
         )
 
     def _resume(self) -> None:
-        state = resume_state(self.output / "last.pt", self.classes)
-        self._train_state().load_state_dict(state)
-        for name in _PROGRESS:
-            setattr(self, name, state[name])
-        set_rng_state(state["rng"])
-        self._log(f"Resumed from {self.output / 'last.pt'}: epoch {self.epoch}, step {self.step}.")
-        if self.ctx.is_main:
-            removed = remove_partial_writes(self.output)
-            if removed:
-                names = ", ".join(p.name for p in removed)
-                self._log(f"Removed {len(removed)} partial file(s) an interrupted write left behind: {names}.")
-
-    def _log(self, message: str) -> None:
-        if self.ctx.is_main:
-            from tqdm.auto import tqdm
-
-            tqdm.write(message)
+        path = self.output / "last.pt"
+        self._restore(resume_state(path, self.classes), path)
 
     # ------------------------------------------------------------------ training
 
@@ -363,11 +351,8 @@ class Trainer:
 
     def _speed_line(self) -> str:
         """What ``optim.amp``, ``run.channels_last`` and ``run.compile`` came to, for the start line."""
-        optim, run = self.recipe.optim, self.recipe.run
-        amp = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[self.amp]
-        if optim.amp == "auto":
-            faster = "faster" if self.amp == "bf16" else "not faster"
-            amp += f" (amp: auto; bf16 is {faster} than fp32 on this {self.device.type})"
+        run = self.recipe.run
+        amp = precision_text(self.recipe.optim.amp, self.amp, self.device)
         layout = "channels-last" if self.channels_last else "contiguous"
         if self.memory_format_timings:
             ms = {k: f"{v * 1e3:.0f} ms" for k, v in self.memory_format_timings.items()}

@@ -22,7 +22,8 @@ from timm.utils import ModelEmaV3
 from ..backbone import create_backbone
 from ..engine import distributed
 from ..engine.builders import build_optimizer, build_scheduler
-from ..engine.checkpoint import remove_partial_writes, resume_state, rng_state, save_checkpoint, set_rng_state
+from ..engine.acceleration import precision_text, resolve_amp
+from ..engine.checkpoint import CheckpointedRun, resume_state, rng_state, save_checkpoint, set_rng_state
 from ..engine.evaluate import autocast
 from ..engine.loaders import make_loader, seed_everything
 from ..engine.loop import TrainState, train_epoch
@@ -40,7 +41,6 @@ __all__ = ["LIGHTLY_HINT", "Pretrainer"]
 LIGHTLY_HINT = "pip install 'resbackbone[pretrain]' (or pip install lightly)"
 """How to install what pretraining needs."""
 
-_PROGRESS = ("epoch", "step", "history", "skipped_batches", "overflow_steps", "images_seen", "train_seconds")
 _SPREAD_IMAGES = 64  # images of the collapse check
 
 
@@ -51,7 +51,7 @@ def _require_lightly() -> None:
         raise ImportError(f"Self-supervised pretraining needs the lightly package: {LIGHTLY_HINT}.") from None
 
 
-class Pretrainer:
+class Pretrainer(CheckpointedRun):
     """Pretrain the backbone a :class:`~resbackbone.pretrain.PretrainRecipe` describes.
 
     Args:
@@ -70,6 +70,10 @@ class Pretrainer:
         >>> summary["backbone"]   # 'runs/simclr_resnet18_cpu/backbone.safetensors'
     """
 
+    progress_fields = (
+        "epoch", "step", "history", "skipped_batches", "overflow_steps", "images_seen", "train_seconds"
+    )
+
     def __init__(
         self, recipe: PretrainRecipe, *, resume: bool = False, progress: bool = True, output: Path | None = None
     ) -> None:
@@ -78,8 +82,10 @@ class Pretrainer:
         self.ctx = distributed.setup(recipe.run.device)
         self.device = self.ctx.device
         optim, m, p = recipe.optim, recipe.model, recipe.pretrain
-        if optim.amp == "fp16" and self.device.type != "cuda":
-            raise ValueError("optim.amp='fp16' needs a CUDA device; use amp: bf16 on the CPU, or amp: none.")
+        self.amp = resolve_amp(optim.amp, self.device)
+        # run.channels_last: auto is not measured for pretraining (the methods differ in their step); it keeps
+        # the default layout
+        self.channels_last = recipe.run.channels_last is True
         self.output = Path(output or recipe.run.output.format(name=recipe.name))
         self.progress = progress and self.ctx.is_main
         seed_everything(recipe.run.seed)
@@ -104,7 +110,7 @@ class Pretrainer:
             self.images, views, in_chans=m.in_chans, resize=p.views.resize, cache=p.cache_images
         )
         model = build_method(p.method, self.backbone, p.options(), gather=self.ctx.distributed).to(self.device)
-        if recipe.run.channels_last:
+        if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
 
@@ -119,7 +125,7 @@ class Pretrainer:
         self.total_steps = self.steps_per_epoch * optim.epochs
         self.optimizer = build_optimizer(model, self.backbone, optim)
         self.scheduler = build_scheduler(self.optimizer, optim, self.steps_per_epoch)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=optim.amp == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.ema = ModelEmaV3(model, decay=optim.ema) if optim.ema else None
         self._train_model = distributed.TrainModel(model, self.ctx)
 
@@ -169,12 +175,10 @@ class Pretrainer:
 
     def _state(self) -> dict[str, Any]:
         return {
-            **self._train_state().state_dict(),
-            **{name: getattr(self, name) for name in _PROGRESS},
+            **self._run_state(),
             "classes": [],
             "recipe": self.recipe.model_dump(mode="json", by_alias=True),
             "origin": self.origin(),
-            "rng": rng_state(),
         }
 
     def _resume(self) -> None:
@@ -188,21 +192,7 @@ class Pretrainer:
                 f"--resume: {path} was pretrained with {pretrain.get('method')!r}, this recipe uses "
                 f"{self.recipe.pretrain.method!r}; resume with the same method or start a new run folder."
             )
-        self._train_state().load_state_dict(state)
-        for name in _PROGRESS:
-            setattr(self, name, state[name])
-        set_rng_state(state["rng"])
-        self._log(f"Resumed from {path}: epoch {self.epoch}, step {self.step}.")
-        if self.ctx.is_main:
-            removed = remove_partial_writes(self.output)
-            if removed:
-                self._log(f"Removed {len(removed)} partial file(s) an interrupted write left behind.")
-
-    def _log(self, message: str) -> None:
-        if self.ctx.is_main:
-            from tqdm.auto import tqdm
-
-            tqdm.write(message)
+        self._restore(state, path)
 
     # ------------------------------------------------------------------ monitor
 
@@ -224,7 +214,7 @@ class Pretrainer:
                 step = max(1, len(self.dataset) // _SPREAD_IMAGES)
                 self._spread_images = torch.stack([self.dataset.plain(i) for i in range(0, len(self.dataset), step)])
             row: dict[str, float] = {}
-            with autocast(self.device, self.recipe.optim.amp):
+            with autocast(self.device, self.amp):
                 values = [dense_probe(self.backbone, probe, self.device) for probe in self._probes]
                 spread = embedding_spread(self.model, self._spread_images, self.device)
             for probe, value in zip(self._probes, values):
@@ -256,6 +246,8 @@ class Pretrainer:
             total=self.batches_per_epoch,
             last_good=self.output / "last.pt",
             progress=self.progress,
+            amp=self.amp,
+            channels_last=self.channels_last,
         )
         seconds = time.perf_counter() - t0
         seen = (tally.batches + tally.skipped) * optim.batch_size * self.ctx.world_size
@@ -293,7 +285,8 @@ class Pretrainer:
                 f"{self.recipe.name}: {p.method} on {len(self.dataset)} images from {len(self.images.sources)} "
                 f"source(s), {self.recipe.model.backbone} (in_chans {self.recipe.model.in_chans}), "
                 f"{self.steps_per_epoch} steps/epoch on {self.device} × {self.ctx.world_size}; effective batch "
-                f"{optim.batch_size * optim.accumulate * self.ctx.world_size}."
+                f"{optim.batch_size * optim.accumulate * self.ctx.world_size}; "
+                f"{precision_text(optim.amp, self.amp, self.device)}."
             )
         if self.epoch == 0 and not self.history and self.ctx.is_main:
             initial = {"epoch": 0, **self.monitor()}
@@ -323,6 +316,7 @@ class Pretrainer:
             "initial": {k: v for k, v in self.history[0].items() if k.startswith("monitor/")} if self.history else {},
             "monitor": {k: v for k, v in last.items() if k.startswith("monitor/")},
             "device": str(self.device),
+            "amp": self.amp,
             "world_size": self.ctx.world_size,
             "ranks_in_sync": distributed.ranks_in_sync(self.model, self.ctx),
         }
