@@ -70,20 +70,19 @@ _CPU_RUN = ("run.overlays=0", "run.workers=2", "run.device=cpu")
 STUDIES: dict[str, Study] = {
     "cpu": Study(
         name="cpu",
-        # Sized on a shared 2-core machine (load average 5-11): 160x120 BCCD, 192 px DSB2018 (128 px crops),
-        # 25-30 updates per cell, 15 pretraining epochs of 64 px views. The configuration first planned
-        # (256x192 BCCD, 256 px DSB2018, 40 updates, 30 pretraining epochs) took 12 s a BCCD step there
-        # and would not have finished in two hours. Four seeds: at this budget two seeds of one cell can
-        # differ by 0.3 Dice.
-        note="ResNet-18, 2 CPU cores, reduced for a shared machine",
-        seeds=(0, 1, 2, 3),
+        # Sized for a 2-core machine with nothing else running, the whole study in about an hour: 160x120
+        # BCCD (60 updates a cell, 0.8 s a step), 192 px DSB2018 with 128 px crops (120 updates, 0.5 s a
+        # step), 30 pretraining epochs of 64 px views; two seeds. A first run on a shared machine (load
+        # average 5-11) afforded 25-30 updates a cell, where random init stayed near chance.
+        note="ResNet-18, 2 CPU cores, about an hour",
+        seeds=(0, 1),
         tasks=(
             Task(
                 "bccd",
                 "recipes/bccd_faster_rcnn_cpu.yaml",
                 "bccd",
                 "map50",
-                budget=25,
+                budget=60,
                 steps_per_epoch=5,
                 source="dsb2018",
                 overrides=("data.image_size=[120, 160]", "optim.warmup_epochs=1", *_CPU_RUN),
@@ -93,14 +92,14 @@ STUDIES: dict[str, Study] = {
                 "recipes/dsb2018_deeplabv3plus_cpu.yaml",
                 "dsb2018_nuclei",
                 "dice",
-                budget=30,
+                budget=120,
                 steps_per_epoch=2,
                 source="bccd",
                 overrides=(
                     "data.image_size=192",
                     "data.crop_size=128",
                     "optim.batch_size=4",
-                    "optim.warmup_epochs=2",
+                    "optim.warmup_epochs=4",
                     "eval.batch_size=4",
                     *_CPU_RUN,
                 ),
@@ -110,9 +109,9 @@ STUDIES: dict[str, Study] = {
         pretrain_overrides=(
             "pretrain.views.resize=192",
             "pretrain.views.crop_size=64",
-            "optim.epochs=15",
-            "optim.warmup_epochs=2",
-            "pretrain.monitor_every=5",
+            "optim.epochs=30",
+            "optim.warmup_epochs=3",
+            "pretrain.monitor_every=10",
             "run.workers=2",
             "run.device=cpu",
         ),
