@@ -72,8 +72,9 @@ STUDIES: dict[str, Study] = {
         name="cpu",
         # Sized for a 2-core machine with nothing else running, the whole study in about an hour: 160x120
         # BCCD (60 updates a cell, 0.8 s a step), 192 px DSB2018 with 128 px crops (120 updates, 0.5 s a
-        # step), 30 pretraining epochs of 64 px views; two seeds. A first run on a shared machine (load
-        # average 5-11) afforded 25-30 updates a cell, where random init stayed near chance.
+        # step), 100 pretraining epochs of 64 px views (60 images/s: 7 minutes); two seeds. A first run on a
+        # shared machine (load average 5-11) afforded 25-30 updates a cell, where random init stayed near
+        # chance, and 15 pretraining epochs.
         note="ResNet-18, 2 CPU cores, about an hour",
         seeds=(0, 1),
         tasks=(
@@ -109,9 +110,9 @@ STUDIES: dict[str, Study] = {
         pretrain_overrides=(
             "pretrain.views.resize=192",
             "pretrain.views.crop_size=64",
-            "optim.epochs=30",
-            "optim.warmup_epochs=3",
-            "pretrain.monitor_every=10",
+            "optim.epochs=100",
+            "optim.warmup_epochs=5",
+            "pretrain.monitor_every=20",
             "run.workers=2",
             "run.device=cpu",
         ),
