@@ -9,10 +9,10 @@ The names below are loaded on first use, so that ``import resbackbone`` (and
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from . import deprecation
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -49,17 +49,7 @@ if TYPE_CHECKING:
 deprecation.install()  # old module paths keep working, with a warning naming the new one
 
 
-def __getattr__(name: str) -> object:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{home}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_HOMES])
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES, globals())
 
 
 __all__ = [

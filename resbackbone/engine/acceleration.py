@@ -22,8 +22,8 @@ from .evaluate import autocast
 __all__ = [
     "compile_for_training",
     "measure_training_memory_format",
-    "prefer_channels_last",
     "precision_text",
+    "prefer_channels_last",
     "resolve_amp",
     "sample_batch",
 ]

@@ -56,7 +56,6 @@ from .report import RunArtifacts, epoch_line, finish_run, write_metrics
 __all__ = ["Trainer", "TrainingError"]
 
 
-
 def _train_images(dataset: Dataset) -> dict[str, Any]:
     """What the summary records of the training images: the label subset when one was taken."""
     subset = getattr(dataset, "subset", None)

@@ -98,24 +98,9 @@ def load_source(
             classes = class_names(recipe.data, recipe.task)
             model = build_model(recipe, len(classes) + 1 if recipe.task == "detection" else len(classes)).eval()
         from ..engine.builders import find_backbone
+        from ..engine.predict import model_info
 
-        body = find_backbone(model)
-        info = ModelInfo(
-            task=recipe.task,
-            classes=list(classes),
-            head=recipe.model.head,
-            backbone=body.name,
-            in_chans=body.in_chans,
-            mean=list(body.mean),
-            std=list(body.std),
-            image_size=list(recipe.data.size_hw),
-            resize=recipe.data.resize,
-            window=list(recipe.data.window) if recipe.data.window else None,
-            score_thresh=recipe.model.score_thresh if recipe.task == "detection" else None,
-            source=str(path),
-            recipe=recipe.name,
-            **common,
-        )
+        info = model_info(recipe, classes, find_backbone(model), source=str(path))
         return model.eval(), info
     if path.suffix or path.exists():
         raise ValueError(

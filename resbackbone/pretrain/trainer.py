@@ -21,8 +21,8 @@ from timm.utils import ModelEmaV3
 
 from ..backbone import create_backbone
 from ..engine import distributed
-from ..engine.builders import build_optimizer, build_scheduler
 from ..engine.acceleration import precision_text, resolve_amp
+from ..engine.builders import build_optimizer, build_scheduler
 from ..engine.checkpoint import CheckpointedRun, resume_state, rng_state, save_checkpoint, set_rng_state
 from ..engine.evaluate import autocast
 from ..engine.loaders import make_loader, seed_everything
@@ -70,9 +70,7 @@ class Pretrainer(CheckpointedRun):
         >>> summary["backbone"]   # 'runs/simclr_resnet18_cpu/backbone.safetensors'
     """
 
-    progress_fields = (
-        "epoch", "step", "history", "skipped_batches", "overflow_steps", "images_seen", "train_seconds"
-    )
+    progress_fields = ("epoch", "step", "history", "skipped_batches", "overflow_steps", "images_seen", "train_seconds")
 
     def __init__(
         self, recipe: PretrainRecipe, *, resume: bool = False, progress: bool = True, output: Path | None = None
