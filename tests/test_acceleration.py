@@ -64,6 +64,26 @@ def test_amp_fp16_on_cpu_is_refused() -> None:
         acc.resolve_amp("fp16", torch.device("cpu"))
 
 
+def test_autocast_takes_a_resolved_precision_only() -> None:
+    with pytest.raises(
+        ValueError, match=r"autocast precision 'auto': expected 'none', 'bf16' or 'fp16'; .*resolve_amp"
+    ):
+        acc.autocast(torch.device("cpu"), "auto")
+
+
+def test_evaluating_a_checkpoint_repeats_the_runs_own_evaluation(tmp_path: Path, session_cache: Path) -> None:
+    """``amp: auto`` resolves the same way in ``evaluate`` as in training (it once reached autocast as fp16)."""
+    from resbackbone.engine import evaluate_checkpoint
+
+    trainer = Trainer(_recipe(tmp_path, "optim.amp=auto"), progress=False)
+    summary = trainer.fit()
+    again = evaluate_checkpoint(trainer.recipe, tmp_path / "run" / "best.pt", split="val", progress=False)
+    best = summary["best"]["metrics"]
+    assert {k: again[k] for k in best if k != "images_per_s"} == pytest.approx(
+        {k: v for k, v in best.items() if k != "images_per_s"}, abs=1e-6
+    )
+
+
 def test_recipes_default_to_amp_auto() -> None:
     recipe = load_recipe(REPO_ROOT / "recipes" / "quickstart.yaml")
     assert recipe.optim.amp == "auto"

@@ -46,7 +46,7 @@ def _model(arch: str, backbone: str, num_classes: int, size: int, seed: int) -> 
 
 
 def _step(model: nn.Module, optimizer: Any, x: Any, targets: Any, *, task: str, amp: str) -> None:
-    from ..engine.evaluate import autocast
+    from ..engine.acceleration import autocast
 
     with autocast(torch.device("cpu"), amp):
         out = model(x, targets) if task == "detection" else model(x)

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from ..optimize import prefers_bf16
-from .evaluate import autocast
 
 __all__ = [
+    "autocast",
     "compile_for_training",
     "measure_training_memory_format",
     "precision_text",
@@ -29,6 +29,25 @@ __all__ = [
 ]
 
 _CONTIGUOUS_MARGIN = 0.9  # contiguous must be 10 % faster to be chosen, as optimize_for_inference decides
+
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
+    """Autocast to ``amp`` (``"bf16"``/``"fp16"``) on ``device``, or nothing for ``"none"``.
+
+    Raises:
+        ValueError: ``amp`` is not resolved (``"auto"``: pass it through :func:`resolve_amp` first) or unknown.
+    """
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp not in _AUTOCAST_DTYPES:
+        raise ValueError(
+            f"autocast precision {amp!r}: expected 'none', 'bf16' or 'fp16'; resolve optim.amp with "
+            "resolve_amp(amp, device) first."
+        )
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[amp])
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:

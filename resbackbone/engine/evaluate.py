@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from torch.utils.data import DataLoader
 from ..data import build_dataset
 from ..recipes import Recipe
 from ..tiling import wrap_detector, wrap_segmenter
+from .acceleration import autocast, resolve_amp
 from .builders import build_predictor, find_backbone, input_normalization
 from .checkpoint import load_model
 from .distributed import DistContext, pick_device
@@ -22,15 +22,7 @@ from .image_log import ImageLog, write_image_log
 from .loaders import make_loader
 from .scoring import SplitScores, is_native
 
-__all__ = ["autocast", "evaluate_checkpoint", "evaluate_model", "to_device"]
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
-    """Autocast to ``amp`` (``"bf16"``/``"fp16"``) on ``device``, or nothing for ``"none"``."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+__all__ = ["evaluate_checkpoint", "evaluate_model", "to_device"]
 
 
 def to_device(images: Any, targets: Any, device: torch.device, channels_last: bool) -> tuple[Any, Any]:
@@ -158,7 +150,7 @@ def evaluate_checkpoint(
         task=recipe.task,
         classes=classes,
         device=dev,
-        amp=recipe.optim.amp,
+        amp=resolve_amp(recipe.optim.amp, dev),
         ignore_index=recipe.data.ignore_index,
         progress=progress,
         predictor=build_predictor(model, recipe, mean=mean, std=std),

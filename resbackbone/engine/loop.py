@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..recipes import Recipe
+from .acceleration import autocast
 from .distributed import DistContext, all_finite
-from .evaluate import autocast, to_device
+from .evaluate import to_device
 
 __all__ = ["EpochTally", "TrainState", "TrainingError", "train_epoch"]
 

@@ -21,10 +21,9 @@ from timm.utils import ModelEmaV3
 
 from ..backbone import create_backbone
 from ..engine import distributed
-from ..engine.acceleration import precision_text, resolve_amp
+from ..engine.acceleration import autocast, precision_text, resolve_amp
 from ..engine.builders import build_optimizer, build_scheduler
 from ..engine.checkpoint import CheckpointedRun, resume_state, rng_state, save_checkpoint, set_rng_state
-from ..engine.evaluate import autocast
 from ..engine.loaders import make_loader, seed_everything
 from ..engine.loop import TrainState, train_epoch
 from ..engine.report import RunArtifacts, epoch_line, finish_run, write_metrics
