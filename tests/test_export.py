@@ -230,6 +230,19 @@ def test_predict_on_onnx_needs_no_torch_and_unpickles_nothing(exported: dict[str
     assert len((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()) == len(images)
 
 
+def test_predict_on_onnx_runs_on_the_device_asked(
+    exported: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from resbackbone.cli import main
+
+    _photos(tmp_path / "in")
+    args = ["predict", str(exported["deeplabv3plus"]), str(tmp_path / "in"), "--no-progress", "--no-overlays"]
+    assert main([*args, "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "out" / "predict.json").read_text())["provider"] == "CPUExecutionProvider"
+    assert main([*args, "--out", str(tmp_path / "tpu"), "--device", "tpu"]) == 2
+    assert "--device 'tpu': an .onnx model runs on auto, cpu or cuda" in capsys.readouterr().err
+
+
 def test_pt2_round_trips(runs: dict[str, Path], tmp_path: Path) -> None:
     result = export_model(runs["deeplabv3plus"], tmp_path / "m.pt2", argmax=True)
     module, info = load_pt2(tmp_path / "m.pt2")
@@ -254,6 +267,8 @@ def test_what_a_format_cannot_represent_is_refused(runs: dict[str, Path], tmp_pa
         export_model(runs["faster_rcnn"], tmp_path / "d.onnx", argmax=True)
     with pytest.raises(ValueError, match=r"cannot tell the format from the suffix '\.bin'"):
         export_model(runs["faster_rcnn"], tmp_path / "d.bin")
+    with pytest.raises(ValueError, match=r"a pt2 export has no such check\. Export to a \.onnx file"):
+        export_model(runs["deeplabv3plus"], tmp_path / "s.pt2", check=True)
     assert not list(tmp_path.iterdir()), "a refused export left a file behind"
 
 
@@ -277,6 +292,10 @@ def test_onnx_files_and_inputs_that_are_not_ours_are_refused(
         backend(np.zeros((1, 1, 80, 80), np.float32))
     with pytest.raises(ValueError, match=r"is a test_resnet backbone \(C2–C5 features\): predict needs a detector"):
         predict_onnx(exported["backbone"], [tmp_path], tmp_path / "out")
+    with pytest.raises(
+        ValueError, match=r"This onnxruntime has no NoSuchExecutionProvider \(it offers .*CPUExecutionProvider"
+    ):
+        OnnxBackend(exported["deeplabv3plus"], providers=["NoSuchExecutionProvider"])
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(
         ValueError, match=r"needs ONNX Runtime, which is not installed: pip install 'resbackbone\[export\]'"

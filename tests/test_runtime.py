@@ -61,6 +61,11 @@ def test_results_map_back_to_the_image() -> None:
 def test_output_names_are_distinct(tmp_path: Path) -> None:
     files = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "a" / "y.png"]
     assert output_names(files) == {files[0]: "a__x", files[1]: "b__x", files[2]: "y"}
+    # the extension alone tells these apart (a/x.png and a/x.jpg once both wrote x_mask.png)
+    files = [tmp_path / "a" / "x.png", tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.png"]
+    assert output_names(files) == {files[0]: "a__x_png", files[1]: "a__x_jpg", files[2]: "b__x"}
+    names = output_names([tmp_path / "x.png", tmp_path / "x.tif"])
+    assert sorted(names.values()) == ["x_png", "x_tif"]
 
 
 def _info(**changes: object) -> ModelInfo:
@@ -153,6 +158,17 @@ def test_prediction_log_needs_the_same_threshold(tmp_path: Path) -> None:
     PredictionLog(tmp_path, {"model_sha256": "a", "score_thresh": 0.5}).write({"image": "x"})
     with pytest.raises(ValueError, match=r"score_thresh: 0\.5 there, 0\.3 now\)\. Pass another --out"):
         PredictionLog(tmp_path, {"model_sha256": "a", "score_thresh": 0.3})
+
+
+def test_a_damaged_prediction_log_is_named_with_its_line(tmp_path: Path) -> None:
+    (tmp_path / "predictions.jsonl").write_text('{"image": "a.png"}\n{"mask": "b_mask.png"}\n')
+    with pytest.raises(
+        ValueError, match=r"predictions\.jsonl, line 2: not a prediction line \(KeyError.*another --out"
+    ):
+        PredictionLog(tmp_path, {"model_sha256": "a"})
+    (tmp_path / "predictions.jsonl").write_text('{"image": "a.png"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"line 2: not a prediction line \(JSONDecodeError"):
+        PredictionLog(tmp_path, {"model_sha256": "a"})
 
 
 def test_runtime_imports_no_torch() -> None:

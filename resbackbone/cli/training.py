@@ -53,6 +53,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def onnx_providers(device: str) -> list[str] | None:
+    """The ONNX Runtime providers ``--device`` asks for: ``auto`` lets ONNX Runtime choose (CUDA when it has it)."""
+    if device == "auto":
+        return None
+    kind = device.split(":")[0]
+    if kind == "cpu":
+        return ["CPUExecutionProvider"]
+    if kind == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise ValueError(f"--device {device!r}: an .onnx model runs on auto, cpu or cuda (ONNX Runtime's providers).")
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     options = {
         "score_thresh": args.score_thresh,
@@ -65,7 +77,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise ValueError("--fast applies to PyTorch checkpoints; an .onnx file runs in ONNX Runtime as it is.")
         from ..runtime import predict_onnx
 
-        result = predict_onnx(args.model, args.images, args.out, **options)
+        result = predict_onnx(args.model, args.images, args.out, providers=onnx_providers(args.device), **options)
     else:
         from ..engine import predict
 
@@ -117,7 +129,7 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument("model", help="best.pt or last.pt of a run, or an exported .onnx file")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--device", default="auto", help="PyTorch: auto, cpu, cuda… (ONNX: CUDA when onnxruntime has it)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda… (.onnx: auto is CUDA where onnxruntime has it)")
     p.add_argument("--score-thresh", type=float, default=0.5, help="detection: minimum score kept (0.5)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward (1)")
     p.add_argument("--fast", action="store_true", help=FAST_HELP)

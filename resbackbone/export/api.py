@@ -273,6 +273,11 @@ def export_model(
         )
     if fmt == "aoti" and out.suffix != ".pt2":
         raise ValueError(f"{out}: an AOTInductor package must be a .pt2 file.")
+    if check and fmt != "onnx":
+        raise ValueError(
+            f"check=True (--check) runs the file in ONNX Runtime against PyTorch; a {fmt} export has no such "
+            "check. Export to a .onnx file, or leave check off."
+        )
     if fmt == "onnx":
         _require_onnx()
     dev = torch.device(device)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -67,7 +66,7 @@ def check_onnx(
             }
             continue
         ref = [t.float().cpu().numpy() for t in (reference if isinstance(reference, tuple) else (reference,))]
-        run = backend.session.run(None, {backend.session.get_inputs()[0].name: x.numpy().astype(np.float32)})
+        run = backend.session.run(None, {backend.input_name: x.numpy().astype(backend.input_dtype)})
         if info.output == "class_map":
             report[key] = {"pixels_equal": float((ref[0] == run[0]).mean())}
             continue

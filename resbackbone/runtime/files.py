@@ -90,19 +90,27 @@ def output_names(files: Sequence[Path]) -> dict[Path, str]:
 
     The image's stem where it is unique; else its path below the folder the
     images share, with ``/`` written as ``__`` (``a/x.png`` and ``b/x.png`` give
-    ``a__x`` and ``b__x``).
+    ``a__x`` and ``b__x``), and its extension kept where that alone tells two
+    apart (``x.png`` and ``x.jpg`` give ``x_png`` and ``x_jpg``).
     """
     stems: dict[str, int] = {}
     for path in files:
         stems[path.stem] = stems.get(path.stem, 0) + 1
     resolved = [p.resolve() for p in files]
     common = Path(os.path.commonpath([str(p.parent) for p in resolved])) if resolved else Path()
+    relative = {path: full.relative_to(common) for path, full in zip(files, resolved)}
+    within = {path: "__".join(rel.with_suffix("").parts) for path, rel in relative.items()}
+    counts: dict[str, int] = {}
+    for name in within.values():
+        counts[name] = counts.get(name, 0) + 1
     names = {}
-    for path, full in zip(files, resolved):
+    for path, rel in relative.items():
         if stems[path.stem] == 1:
             names[path] = path.stem
+        elif counts[within[path]] == 1:
+            names[path] = within[path]
         else:
-            names[path] = "__".join(full.relative_to(common).with_suffix("").parts)
+            names[path] = within[path] + "_" + rel.suffix.lstrip(".")
     return names
 
 
@@ -146,9 +154,16 @@ class PredictionLog:
             with open(self.path, "r+b") as f:
                 f.truncate(keep)
         done = set()
-        for line in data[:keep].decode().splitlines():
-            if line.strip():
+        for number, line in enumerate(data[:keep].decode().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
                 done.add(json.loads(line)["image"])
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(
+                    f"{self.path}, line {number}: not a prediction line ({type(exc).__name__}: {exc}); the "
+                    "file was edited or written by something else. Pass another --out, or delete it to start over."
+                ) from None
         return done
 
     def write(self, record: dict[str, Any]) -> None:

@@ -46,6 +46,8 @@ class OnnxBackend:
     Attributes:
         info: The model's :class:`~resbackbone.runtime.metadata.ModelInfo`.
         session: The ``onnxruntime.InferenceSession``.
+        input_name: The graph's input.
+        input_dtype: What the input takes: ``np.float32``, or ``np.float16`` for a float16 export.
 
     Raises:
         ValueError: The file is missing or not an ONNX model, onnxruntime is not installed, or the
@@ -63,6 +65,12 @@ class OnnxBackend:
         if threads:
             options.intra_op_num_threads = threads
         available = ort.get_available_providers()
+        missing = [p for p in providers or () if p not in available]
+        if missing:
+            raise ValueError(
+                f"This onnxruntime has no {', '.join(missing)} (it offers {', '.join(available)}). Install "
+                "onnxruntime-gpu for CUDA, or run on the CPU (--device cpu)."
+            )
         chosen = list(providers) if providers else [p for p in ("CUDAExecutionProvider",) if p in available]
         chosen += ["CPUExecutionProvider"] if "CPUExecutionProvider" not in chosen else []
         try:
@@ -71,8 +79,8 @@ class OnnxBackend:
             raise ValueError(f"ONNX Runtime cannot load {self.path}: {str(exc).splitlines()[0]}") from None
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo.from_metadata(dict(metadata), source=str(self.path))
-        self._input = self.session.get_inputs()[0].name
-        self._dtype = np.float16 if self.info.dtype == "float16" else np.float32
+        self.input_name = self.session.get_inputs()[0].name
+        self.input_dtype = np.float16 if self.info.dtype == "float16" else np.float32
 
     def __call__(self, batch: np.ndarray) -> list[Any]:
         """Run the model on ``(N, in_chans, H, W)`` 0–1 images; one output per image.
@@ -93,12 +101,12 @@ class OnnxBackend:
                 f"got {tuple(batch.shape)}. Give it {info.in_chans}-channel images (resbackbone predict converts "
                 "grayscale and RGB files to what the model takes)."
             )
-        batch = np.ascontiguousarray(batch, dtype=self._dtype)
+        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
         chunks = [batch[i : i + 1] for i in range(len(batch))] if info.batch == 1 else [batch]
         outputs: list[Any] = []
         for chunk in chunks:
             try:
-                result = self.session.run(None, {self._input: chunk})
+                result = self.session.run(None, {self.input_name: chunk})
             except Exception as exc:  # onnxruntime's errors are plain Exceptions
                 raise RuntimeError(
                     f"ONNX Runtime failed on a batch of shape {chunk.shape}: {str(exc).splitlines()[0]}"
