@@ -45,9 +45,9 @@ from .stages import (
     run_checkpointed,
     unstaged_children,
 )
-from .weights import LoadReport, WeightsArg, adapt_stats, load_weights
+from .weights import BackboneRecord, LoadReport, WeightsArg, adapt_stats, load_weights
 
-__all__ = ["Backbone", "adapt_stats", "check_input", "create_backbone"]
+__all__ = ["Backbone", "adapt_stats", "backbone_for_record", "check_input", "create_backbone"]
 
 
 def check_input(name: str, in_chans: int, x: object) -> None:
@@ -357,3 +357,10 @@ def create_backbone(
     backbone.set_trainable_stages(trainable_stages)
     backbone.set_grad_checkpointing(grad_checkpointing)
     return backbone
+
+
+def backbone_for_record(record: BackboneRecord) -> Backbone:
+    """An untrained backbone of the architecture, ``in_chans`` and norm that ``record`` describes, for its
+    weights to load into (group norm where the run trained with it, batch norm otherwise)."""
+    norm = "gn" if record.origin.get("norm") == "gn" else "bn"
+    return create_backbone(record.architecture, in_chans=record.in_chans, norm=norm)

@@ -36,7 +36,7 @@ def test_onnxruntime_row_agrees_with_eager_and_the_library_row_says_why_it_is_sk
     )
     result = run_pipelines(config)
     rows = {row["row"]: row for row in result["rows"]}
-    assert rows["ours-eager"]["agreement"] == 1.0
+    assert rows["ours-eager"]["status"] == "ok" and rows["ours-eager"]["images_per_s"] > 0
     assert rows["ours-onnxruntime"]["status"] == "ok"
     assert rows["ours-onnxruntime"]["agreement"] >= 0.999
     assert rows["smp"]["status"] == "skipped" and "resnet50" in rows["smp"]["note"]

@@ -308,6 +308,10 @@ def test_recipe_keys_and_options_are_checked(tmp_path: Path) -> None:
         tiny_recipe(tmp_path, "pretrain.method=simclar")
     with pytest.raises(RecipeError, match=r"memory_bank does not apply to method 'simclr' .* remove pretrain\.memory"):
         tiny_recipe(tmp_path, "pretrain.memory_bank=128")
+    with pytest.raises(
+        RecipeError, match=r"optim\.ema=0\.99: pretraining writes the trained backbone.*remove optim\.ema"
+    ):
+        tiny_recipe(tmp_path, "optim.ema=0.99")
 
 
 def test_weights_of_another_architecture_name_the_keys(pretrained: Path) -> None:

@@ -101,6 +101,26 @@ def test_backbone_export_writes_the_backbone_alone(
     assert "classes: background, nucleus" in capsys.readouterr().out
 
 
+def test_the_record_inside_the_weights_file_outranks_a_stale_one_beside_it(seg_run: Path, tmp_path: Path) -> None:
+    from resbackbone.weights import read_record
+
+    assert main(["backbone", "export", str(seg_run), "--out", str(tmp_path / "shared")]) == 0
+    beside = tmp_path / "shared" / "backbone.json"
+    stale = json.loads(beside.read_text()) | {"architecture": "resnet50", "in_chans": 1}
+    beside.write_text(json.dumps(stale))  # as an export killed between its two renames leaves it
+    record = read_record(tmp_path / "shared" / "backbone.safetensors")
+    assert record is not None and (record.architecture, record.in_chans) == ("test_resnet", 3)
+    assert create_backbone("test_resnet", weights=str(tmp_path / "shared")).load_report.ok
+
+
+def test_a_folder_without_a_run_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match=r"is a folder without backbone\.safetensors, best\.pt, last\.pt: pass a run"):
+        create_backbone("test_resnet", weights=str(tmp_path))
+    assert main(["backbone", "export", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "is a folder without backbone.safetensors, best.pt, last.pt" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_of_a_file_that_records_no_backbone(tmp_path: Path) -> None:
     torch.save(create_backbone("test_resnet").state_dict(), tmp_path / "plain.pth")
     with pytest.raises(ValueError, match=r"plain\.pth records no backbone .* create_backbone\(NAME, weights=FILE\)"):

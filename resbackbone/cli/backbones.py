@@ -46,15 +46,12 @@ def _is_file_argument(name: str) -> bool:
 
 
 def _info_file(name: str) -> int:
-    from ..backbone import create_backbone
-    from ..weights import RUN_FILES, read_backbone_file
+    from ..backbone import backbone_for_record
+    from ..weights import read_backbone_file, run_file
 
     path = Path(name)
     if path.is_dir():
-        found = next((path / f for f in RUN_FILES if (path / f).is_file()), None)
-        if found is None:
-            raise ValueError(f"{path} holds none of {', '.join(RUN_FILES)}; pass a weights file or a run folder.")
-        path = found
+        path = run_file(path)
     if path.suffix == ".json" and path.with_suffix(".safetensors").is_file():
         path = path.with_suffix(".safetensors")
     if not path.is_file():
@@ -76,9 +73,7 @@ def _info_file(name: str) -> int:
             print(f"  {key}: {value}")
     if record.origin.get("classes"):
         print(f"  classes: {', '.join(record.origin['classes'])}")
-    norm = "gn" if record.origin.get("norm") == "gn" else "bn"
-    backbone = create_backbone(record.architecture, in_chans=record.in_chans, norm=norm)
-    print(f"  loads as: {backbone.load_weights(path)}")
+    print(f"  loads as: {backbone_for_record(record).load_weights(path)}")
     print(
         f"  use: model.backbone_weights: {path}   or   create_backbone({record.architecture!r}, weights={str(path)!r})"
     )

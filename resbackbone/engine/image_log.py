@@ -16,8 +16,10 @@ import torch
 from torch import Tensor
 
 from ..recipes import Recipe
+from ..runtime.draw import display_image
 from .checkpoint import atomic_write_bytes
-from .overlays import as_rgb, draw_overlay, to_pixels
+from .metrics import COUNT_IOU, COUNT_SCORE
+from .overlays import draw_overlay, to_pixels
 
 __all__ = ["ImageCase", "ImageLog", "draw_case", "draw_worst", "save_png", "write_image_log"]
 
@@ -120,12 +122,12 @@ def _file_pixels(path: str | None, window: tuple[float, float] | None) -> np.nda
         return None
     from ..data import read_image
 
-    return as_rgb(read_image(path, in_chans=3, window=window))
+    return display_image(read_image(path, in_chans=3, window=window))
 
 
 def _caption(task: str, row: dict[str, Any]) -> str:
     if task == "detection":
-        return f"TP {row['tp']}  FP {row['fp']}  FN {row['fn']} (IoU 0.5, score 0.5)"
+        return f"TP {row['tp']}  FP {row['fp']}  FN {row['fn']} (IoU {COUNT_IOU:g}, score {COUNT_SCORE:g})"
     return f"Dice {row['dice']:.3f}  IoU {row['iou']:.3f}"
 
 

@@ -19,7 +19,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["DetectionMetric", "SegmentationMetric", "detection_counts", "detection_row", "segmentation_row"]
+__all__ = [
+    "COUNT_IOU",
+    "COUNT_SCORE",
+    "DetectionMetric",
+    "SegmentationMetric",
+    "detection_counts",
+    "detection_row",
+    "segmentation_row",
+]
 
 
 class DetectionMetric:
@@ -139,13 +147,18 @@ def segmentation_row(tp: Tensor, fp: Tensor, fn: Tensor, class_names: Sequence[s
     return row
 
 
+COUNT_IOU, COUNT_SCORE = 0.5, 0.5
+"""The IoU a detection must reach to count as found, and the score it must have to count at all, in the
+per-image TP/FP/FN counts (mAP ranks every detection instead)."""
+
+
 def detection_counts(
     prediction: dict[str, Tensor],
     target: dict[str, Any],
     num_classes: int,
     *,
-    iou: float = 0.5,
-    score_thresh: float = 0.5,
+    iou: float = COUNT_IOU,
+    score_thresh: float = COUNT_SCORE,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """True positives, false positives and misses per class (labels 1..K) in one image.
 

@@ -16,18 +16,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..runtime.draw import MIN_SIDE, PALETTE, readable_scale
+from ..runtime.draw import MIN_SIDE, PALETTE, class_color, draw_box, readable_scale
 
-__all__ = ["COLORS", "as_rgb", "draw_overlay", "overlay_scale", "to_pixels"]
+__all__ = ["COLORS", "draw_overlay", "overlay_scale", "to_pixels"]
 
 COLORS = list(PALETTE)
 """Class colours, cycled: label 1 (the first object or foreground class) takes the first (the palette of
 ``predict``'s overlays)."""
-
-
-def _rgb(index: int) -> tuple[int, int, int]:
-    code = COLORS[(index - 1) % len(COLORS)].lstrip("#")
-    return int(code[0:2], 16), int(code[2:4], 16), int(code[4:6], 16)
 
 
 overlay_scale = readable_scale
@@ -41,15 +36,6 @@ def to_pixels(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.
     if pixels.shape[0] == 1:
         pixels = pixels.expand(3, -1, -1)
     return (pixels[:3] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-def as_rgb(pixels: np.ndarray) -> np.ndarray:
-    """An image as read (``(H, W, C)``, uint8 or float in [0, 1], 1 or 3+ channels) as ``uint8 (H, W, 3)``."""
-    if pixels.dtype != np.uint8:
-        pixels = (np.clip(pixels, 0, 1) * 255).round().astype(np.uint8)
-    if pixels.ndim == 2:
-        pixels = pixels[..., None]
-    return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else np.ascontiguousarray(pixels[..., :3])
 
 
 def _font(size: int) -> Any:
@@ -80,7 +66,7 @@ def _mask_panel(base: Any, mask: np.ndarray, num_classes: int, ignore_index: int
     for c in range(1, num_classes):
         where = labels == c
         if where.any():
-            colour = np.array(_rgb(c), np.float32)
+            colour = np.array(class_color(c), np.float32)
             canvas[where] = 0.6 * canvas[where] + 0.4 * colour
             canvas[where & edge] = colour
     if ignore_index is not None:
@@ -95,15 +81,9 @@ def _box_panel(base: Any, boxes: Any, labels: Any, scores: Any, classes: list[st
     draw = ImageDraw.Draw(base)
     width = max(2, round(2 * min(scale, 2)))
     for i, (box, label) in enumerate(zip(np.asarray(boxes, np.float64), np.asarray(labels).tolist())):
-        colour = _rgb(int(label))
-        x1, y1, x2, y2 = (float(v) * scale for v in box)
-        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
         name = classes[int(label) - 1] if 0 < int(label) <= len(classes) else str(label)
         text = name if scores is None else f"{name} {float(scores[i]):.2f}"
-        left, top, right, bottom = draw.textbbox((x1, y1), text, font=font)
-        y_text = y1 - (bottom - top) - 2 if y1 - (bottom - top) - 2 >= 0 else y1
-        draw.rectangle([x1, y_text, x1 + (right - left) + 4, y_text + (bottom - top) + 2], fill=colour)
-        draw.text((x1 + 2, y_text - (top - y1) + 1), text, fill=(255, 255, 255), font=font)
+        draw_box(draw, [float(v) * scale for v in box], text, class_color(int(label)), width, font)
     return base
 
 
@@ -184,6 +164,6 @@ def draw_overlay(
     y0 = header + ph + header
     for i, name in enumerate(legend_names):
         x, y = 4 + (i % 6) * 130, y0 + (i // 6) * 22
-        draw.rectangle([x, y + 3, x + 14, y + 17], fill=_rgb(i + 1))
+        draw.rectangle([x, y + 3, x + 14, y + 17], fill=class_color(i + 1))
         draw.text((x + 20, y + 2), name, fill=(0, 0, 0), font=font)
     return np.asarray(sheet)

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..runtime import ModelInfo, OnnxBackend
 from .parity import argmax_agreement, match_detections, max_relative_error
+from .writers import MIN_SIDE
 
 __all__ = ["check_onnx", "check_sizes", "detection_cap"]
 
@@ -18,8 +19,8 @@ def check_sizes(size: tuple[int, int]) -> list[tuple[int, int]]:
     """Two input sizes unlike the traced ``size``: one larger and one smaller, neither a multiple of 32."""
     h, w = size
     return [
-        (max(64, round(h * 1.25) + 3), max(64, round(w * 0.8) + 5)),
-        (max(64, round(h * 0.7) + 1), round(w * 1.1) + 7),
+        (max(MIN_SIDE, round(h * 1.25) + 3), max(MIN_SIDE, round(w * 0.8) + 5)),
+        (max(MIN_SIDE, round(h * 0.7) + 1), max(MIN_SIDE, round(w * 1.1) + 7)),
     ]
 
 

@@ -31,6 +31,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..recipes import OptimConfig, RunConfig, load_recipe
+from ..recipes.schema import GradCheckpointing
 from ..specs import NORMS
 from .methods import METHODS, OPTIONS
 
@@ -75,7 +76,7 @@ class PretrainModelConfig(_Section):
     in_chans: int = Field(default=3, ge=1)
     norm: str = "bn"
     trainable_stages: int | None = None
-    grad_checkpointing: bool | list[Literal["stem", "C2", "C3", "C4", "C5"]] = False
+    grad_checkpointing: GradCheckpointing = False
 
     @model_validator(mode="after")
     def _check(self) -> PretrainModelConfig:
@@ -259,6 +260,11 @@ class PretrainRecipe(_Section):
             raise ValueError(
                 "run.early_stopping has no metric to watch in pretraining (the probe is a monitor, not a target); "
                 "remove it and set optim.epochs"
+            )
+        if self.optim.ema:
+            raise ValueError(
+                f"optim.ema={self.optim.ema}: pretraining writes the trained backbone, not an average of it (byol, "
+                "mocov2, dino and densecl keep their own momentum teacher); remove optim.ema"
             )
         return self
 

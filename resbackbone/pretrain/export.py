@@ -16,9 +16,9 @@ import json
 import os
 from pathlib import Path
 
-from ..backbone import Backbone, create_backbone
+from ..backbone import Backbone, backbone_for_record
 from ..engine.checkpoint import atomic_write_bytes
-from ..weights import RUN_FILES, BackboneRecord, LoadReport, read_backbone_file
+from ..weights import BackboneRecord, LoadReport, read_backbone_file, run_file
 from ..weights.records import METADATA_KEY
 
 __all__ = ["BACKBONE_FILE", "export_backbone", "write_backbone"]
@@ -70,10 +70,7 @@ def export_backbone(source: str | os.PathLike[str], out: str | os.PathLike[str])
     """
     path = Path(source)
     if path.is_dir():
-        found = next((path / name for name in RUN_FILES if (path / name).is_file()), None)
-        if found is None:
-            raise ValueError(f"{path} holds none of {', '.join(RUN_FILES)}: pass a run folder or a checkpoint file.")
-        path = found
+        path = run_file(path)
     if not path.is_file():
         raise ValueError(f"{path} does not exist: pass a run folder, its best.pt or last.pt, or a backbone file.")
     _, record = read_backbone_file(path)
@@ -83,8 +80,7 @@ def export_backbone(source: str | os.PathLike[str], out: str | os.PathLike[str])
             "architecture is unknown. Load it with create_backbone(NAME, weights=FILE) and write it with "
             "resbackbone.pretrain.write_backbone()."
         )
-    norm = "gn" if record.origin.get("norm") == "gn" else "bn"
-    backbone = create_backbone(record.architecture, in_chans=record.in_chans, norm=norm)
+    backbone = backbone_for_record(record)
     report = backbone.load_weights(path)
     origin = {**record.origin, "exported_from": str(path)}
     exported = BackboneRecord(record.architecture, record.in_chans, backbone.mean, backbone.std, origin)

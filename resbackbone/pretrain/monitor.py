@@ -86,15 +86,16 @@ def build_probe_set(cfg: MonitorConfig, *, mean: tuple[float, ...], std: tuple[f
 
 
 def _hypercolumns(backbone: nn.Module, images: Tensor, device: torch.device, batch: int = 8) -> Tensor:
-    """C3, C4 and C5 at stride 8, concatenated: ``(N, h, w, C3 + C4 + C5 channels)``."""
+    """The backbone's levels (C3, C4 and C5 in pretraining) at the finest one's stride, concatenated:
+    ``(N, h, w, their channels summed)``."""
     maps = []
     for start in range(0, len(images), batch):
         x = images[start : start + batch].to(device)
         features = backbone(x)
-        size = features["C3"].shape[-2:]
+        size = features[backbone.out_levels[0]].shape[-2:]
         levels = [
             F.interpolate(features[lv].float(), size=size, mode="bilinear", align_corners=False)
-            for lv in ("C3", "C4", "C5")
+            for lv in backbone.out_levels
         ]
         maps.append(torch.cat(levels, 1).permute(0, 2, 3, 1).cpu())
     return torch.cat(maps)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.utils import ModelEmaV3
 
 from ..backbone import create_backbone
 from ..engine import distributed
@@ -123,7 +122,7 @@ class Pretrainer(CheckpointedRun):
         self.optimizer = build_optimizer(model, self.backbone, optim)
         self.scheduler = build_scheduler(self.optimizer, optim, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
-        self.ema = ModelEmaV3(model, decay=optim.ema) if optim.ema else None
+        self.ema = None  # the recipe refuses optim.ema: the backbone written is the trained one
         self._train_model = distributed.TrainModel(model, self.ctx)
 
         self.epoch = 0

@@ -44,6 +44,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+GradCheckpointing = bool | list[Literal["stem", "C2", "C3", "C4", "C5"]]
+"""``model.grad_checkpointing``: every stage (``true``), none, or the stages named."""
+
+
 class ModelConfig(_Section):
     """``model:`` — the head, the backbone and how much of it trains.
 
@@ -94,7 +98,7 @@ class ModelConfig(_Section):
     levels: list[Literal["C2", "C3", "C4", "C5"]] | None = None
     fpn_channels: int = Field(default=256, ge=8)
     head_options: dict[str, int | float | bool] = Field(default_factory=dict)
-    grad_checkpointing: bool | list[Literal["stem", "C2", "C3", "C4", "C5"]] = False
+    grad_checkpointing: GradCheckpointing = False
 
     @property
     def task(self) -> str:

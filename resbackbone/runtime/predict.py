@@ -146,7 +146,7 @@ def _write(
             "labels": names,
         }
         picture = _resized(display_image(image), size, smooth=True)
-        return record, draw_boxes(picture, boxes * scale, names, scores, [int(lb) - 1 for lb in labels])
+        return record, draw_boxes(picture, boxes * scale, names, scores, [int(lb) for lb in labels])
     mask = prediction.mask
     dtype = np.uint8 if len(classes) <= 256 else np.uint16
     mask_path = out / f"{name}_mask.png"

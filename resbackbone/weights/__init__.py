@@ -35,6 +35,7 @@ from .sources import (
     cached_path,
     resolve_url,
     resolve_weights,
+    run_file,
     torchvision_weight,
     weight_tags,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "record_path",
     "resolve_url",
     "resolve_weights",
+    "run_file",
     "sha256_file",
     "torch_load",
     "torchvision_weight",

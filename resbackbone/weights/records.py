@@ -136,22 +136,16 @@ def record_path(weights_file: str | Path) -> Path:
 
 
 def read_record(weights_file: str | Path) -> BackboneRecord | None:
-    """The record of a weights file: the JSON beside it, else its safetensors header; ``None`` without one.
+    """The record of a weights file: its safetensors header, else the JSON beside it; ``None`` without one.
 
-    A JSON file beside it that is not a backbone record (another tool's) is not read as one.
+    The header comes first: it is written in the same file as the tensors, where the JSON beside it
+    is a second file that an interrupted re-export can leave from the previous one. A JSON file beside
+    it that is not a backbone record (another tool's) is not read as one.
 
     Raises:
         ValueError: A record that is there but malformed.
     """
     path = Path(weights_file)
-    beside = record_path(path)
-    if beside.is_file() and beside != path:
-        try:
-            data = json.loads(beside.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            data = None
-        if isinstance(data, Mapping) and data.get("format") == RECORD_FORMAT:
-            return BackboneRecord.from_json(data, str(beside))
     if path.suffix == ".safetensors" and path.is_file():
         from safetensors import safe_open
 
@@ -162,6 +156,14 @@ def read_record(weights_file: str | Path) -> BackboneRecord | None:
             return None
         if text:
             return BackboneRecord.from_json(json.loads(text), f"{path} (safetensors header)")
+    beside = record_path(path)
+    if beside.is_file() and beside != path:
+        try:
+            data = json.loads(beside.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            data = None
+        if isinstance(data, Mapping) and data.get("format") == RECORD_FORMAT:
+            return BackboneRecord.from_json(data, str(beside))
     return None
 
 

@@ -34,12 +34,29 @@ __all__ = [
     "cached_path",
     "resolve_url",
     "resolve_weights",
+    "run_file",
     "torchvision_weight",
     "weight_tags",
 ]
 
 RUN_FILES = ("backbone.safetensors", "best.pt", "last.pt")
 """What a run folder given as weights is read from, in this order."""
+
+
+def run_file(folder: Path) -> Path:
+    """The file a run folder is read from: its ``backbone.safetensors``, else ``best.pt``, else ``last.pt``.
+
+    Raises:
+        ValueError: The folder holds none of them.
+    """
+    found = next((folder / name for name in RUN_FILES if (folder / name).is_file()), None)
+    if found is None:
+        raise ValueError(
+            f"{folder} is a folder without {', '.join(RUN_FILES)}: pass a run folder of `resbackbone finetune` or "
+            "`resbackbone pretrain`, or a weights file."
+        )
+    return found
+
 
 WeightsArg = str | os.PathLike[str] | Mapping[str, Tensor] | None
 """What ``weights=`` takes everywhere: a weight string, a path, a state dict, or ``None`` (random init)."""
@@ -178,12 +195,7 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike[str]) -> Reso
     if is_file:
         return ResolvedWeights(label=str(path), path=path)
     if is_dir:
-        found = next((path / name for name in RUN_FILES if (path / name).is_file()), None)
-        if found is None:
-            raise ValueError(
-                f"weights={weights!r} is a folder without {', '.join(RUN_FILES)}: pass a run folder of "
-                f"`resbackbone finetune` or `resbackbone pretrain`, or a file; {_forms()}."
-            )
+        found = run_file(path)
         return ResolvedWeights(label=str(found), path=found)
     if path.suffix in CHECKPOINT_SUFFIXES or os.sep in text:
         raise ValueError(f"weights={weights!r}: no such file. Check the path; {_forms()}.")
