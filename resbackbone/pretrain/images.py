@@ -143,7 +143,11 @@ def collect_images(sources: list[ImageSource], *, in_chans: int) -> ImageSet:
             warnings.warn(f"{where}: {source.describe()}: {found.skipped_summary(skipped)}.", DataWarning, stacklevel=2)
         found.sources.append({"source": source.describe(), "images": count})
     if not found.paths:
-        raise ValueError("pretrain.images yields no image (every source listed only images seen before).")
+        listed = "; ".join(f"{s['source']}: {s['images']} new" for s in found.sources) or "no source"
+        raise ValueError(
+            f"pretrain.images yields no image ({listed}): each source is empty or lists only images an earlier "
+            "one did. Point pretrain.images at folders or splits that hold images."
+        )
     _check_channels(found.channels, examples, in_chans)
     return found
 
