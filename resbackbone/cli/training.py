@@ -11,7 +11,7 @@ __all__ = ["COMMANDS", "add_parsers"]
 
 FAST_HELP = (
     "run the fast path: batch norms folded, memory format measured, torch.compile, bf16 where the device "
-    "computes it natively (a CPU with AVX512-BF16/AMX, a recent GPU)"
+    "computes it natively and faster than fp32 (a CPU with AMX, a recent GPU)"
 )
 
 COMMANDS = ("finetune", "evaluate", "predict")

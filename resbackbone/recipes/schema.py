@@ -160,8 +160,9 @@ class OptimConfig(_Section):
         schedule: ``cosine``, ``step`` or ``constant`` after warm-up.
         milestones: ``step``: epochs at which the rate is multiplied by ``gamma``.
         gamma: ``step``: the factor.
-        amp: ``auto`` (bf16 where the device computes it natively — CUDA with bf16, CPUs with
-            AVX512-BF16 or AMX — else ``none``; the run's summary says which), ``none`` (fp32),
+        amp: ``auto`` (bf16 where the device computes it natively and faster than fp32 — CUDA with
+            bf16, CPUs with AMX; AVX512-BF16 alone is native but slower — else ``none``; the run's
+            summary says which), ``none`` (fp32),
             ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with a gradient scaler).
         ema: Decay of an exponential moving average of the weights, evaluated
             and saved as the model (e.g. 0.999); ``null`` for none.
