@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -77,11 +78,16 @@ def test_evaluating_a_checkpoint_repeats_the_runs_own_evaluation(tmp_path: Path,
 
     trainer = Trainer(_recipe(tmp_path, "optim.amp=auto"), progress=False)
     summary = trainer.fit()
-    again = evaluate_checkpoint(trainer.recipe, tmp_path / "run" / "best.pt", split="val", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the recipe it was trained with: nothing to say
+        again = evaluate_checkpoint(trainer.recipe, tmp_path / "run" / "best.pt", split="val", progress=False)
     best = summary["best"]["metrics"]
     assert {k: again[k] for k in best if k != "images_per_s"} == pytest.approx(
         {k: v for k, v in best.items() if k != "images_per_s"}, abs=1e-6
     )
+    other = _recipe(tmp_path, "optim.amp=auto", "model.loss=ce")
+    with pytest.warns(UserWarning, match=r"evaluated as it was trained; the recipe's model\.loss='ce' \(checkpoint: "):
+        evaluate_checkpoint(other, tmp_path / "run" / "best.pt", split="val", progress=False)
 
 
 def test_recipes_default_to_amp_auto() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,7 @@ def evaluate_checkpoint(
     model, trained, classes = load_model(checkpoint, device=dev)
     if trained.task != recipe.task:
         raise ValueError(f"Checkpoint {checkpoint} is a {trained.task} model; recipe {recipe.name} is {recipe.task}.")
+    _warn_unused_model_settings(recipe, trained, checkpoint)
     backbone = find_backbone(model)
     mean, std = input_normalization(backbone, recipe.task)
     dataset = build_dataset(
@@ -159,3 +161,22 @@ def evaluate_checkpoint(
     if out_dir is not None:
         write_image_log(log, Path(out_dir), f"worst_{split}", recipe=recipe, classes=classes, mean=mean, std=std)
     return metrics
+
+
+# where a model is built from: these name the starting weights of training, not the trained model
+_STARTING_WEIGHTS = ("backbone_weights", "weights")
+
+
+def _warn_unused_model_settings(recipe: Recipe, trained: Recipe, checkpoint: str | os.PathLike[str]) -> None:
+    """Say which ``model.*`` settings of ``recipe`` differ from the checkpoint's: the model is rebuilt as the
+    checkpoint records it, so they are not used (``--set model.score_thresh=…`` at evaluation, say)."""
+    ours, theirs = recipe.model.model_dump(), trained.model.model_dump()
+    differ = [k for k in ours if k not in _STARTING_WEIGHTS and ours[k] != theirs.get(k)]
+    if differ:
+        listed = ", ".join(f"model.{k}={ours[k]!r} (checkpoint: {theirs.get(k)!r})" for k in differ)
+        warnings.warn(
+            f"{checkpoint} is evaluated as it was trained; the recipe's {listed} {'is' if len(differ) == 1 else 'are'} "
+            "not used. The eval.* and data.* settings apply; model.* ones need a run trained with them.",
+            UserWarning,
+            stacklevel=3,
+        )
