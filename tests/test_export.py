@@ -265,6 +265,10 @@ def test_what_a_format_cannot_represent_is_refused(runs: dict[str, Path], tmp_pa
         export_model(runs["deeplabv3plus"], tmp_path / "s.onnx", dtype="float16")
     with pytest.raises(ValueError, match=r"argmax applies to segmenters"):
         export_model(runs["faster_rcnn"], tmp_path / "d.onnx", argmax=True)
+    with pytest.raises(ValueError, match=r"argmax applies to segmenters .* is a backbone model: drop --argmax"):
+        export_model(create_backbone("test_resnet"), tmp_path / "b.onnx", argmax=True)
+    with pytest.raises(ValueError, match=r"weights='imagenet' applies to a backbone name; .*best\.pt names its own"):
+        export_model(runs["deeplabv3plus"], tmp_path / "s.onnx", weights="imagenet")
     with pytest.raises(ValueError, match=r"cannot tell the format from the suffix '\.bin'"):
         export_model(runs["faster_rcnn"], tmp_path / "d.bin")
     with pytest.raises(ValueError, match=r"a pt2 export has no such check\. Export to a \.onnx file"):
@@ -290,7 +294,9 @@ def test_onnx_files_and_inputs_that_are_not_ours_are_refused(
     backend = OnnxBackend(exported["deeplabv3plus"])
     with pytest.raises(ValueError, match=r"takes images of shape \(N, 3, H, W\) with H, W ≥ 64, got \(1, 1, 80, 80\)"):
         backend(np.zeros((1, 1, 80, 80), np.float32))
-    with pytest.raises(ValueError, match=r"is a test_resnet backbone \(C2–C5 features\): predict needs a detector"):
+    with pytest.raises(
+        ValueError, match=r"is a test_resnet backbone \(C2, C3, C4, C5 features\): predict needs a detector"
+    ):
         predict_onnx(exported["backbone"], [tmp_path], tmp_path / "out")
     with pytest.raises(
         ValueError, match=r"This onnxruntime has no NoSuchExecutionProvider \(it offers .*CPUExecutionProvider"

@@ -164,7 +164,13 @@ def _run_models(args: argparse.Namespace) -> int:
         tables.append(format_pipelines(result["inference"]))
     if args.train or args.train_only:
         result["finetune"] = run_finetune_steps(
-            tuple(args.models), backbone=backbone, batch_size=batch, size=size, repeats=args.repeats, seed=args.seed
+            tuple(args.models),
+            backbone=backbone,
+            batch_size=batch,
+            size=size,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            seed=args.seed,
         )
         tables.append(format_finetune_steps(result["finetune"]))
     text = "\n\n".join(tables)

@@ -57,7 +57,12 @@ def onnx_providers(device: str) -> list[str] | None:
     """The ONNX Runtime providers ``--device`` asks for: ``auto`` lets ONNX Runtime choose (CUDA when it has it)."""
     if device == "auto":
         return None
-    kind = device.split(":")[0]
+    kind, _, index = device.partition(":")
+    if index and index != "0":
+        raise ValueError(
+            f"--device {device!r}: an .onnx model runs on the first GPU only here; pass --device cuda, or pick the "
+            "GPU with CUDA_VISIBLE_DEVICES."
+        )
     if kind == "cpu":
         return ["CPUExecutionProvider"]
     if kind == "cuda":

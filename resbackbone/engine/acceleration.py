@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..optimize import prefers_bf16
+from ..optimize.compiling import prefer_channels_last, prefers_bf16
 
 __all__ = [
     "autocast",
@@ -27,8 +27,6 @@ __all__ = [
     "resolve_amp",
     "sample_batch",
 ]
-
-_CONTIGUOUS_MARGIN = 0.9  # contiguous must be 10 % faster to be chosen, as optimize_for_inference decides
 
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -173,11 +171,6 @@ def measure_training_memory_format(
                     torch.cuda.synchronize(device)
                 times[name].append(time.perf_counter() - start)
     return {name: min(values) for name, values in times.items()}
-
-
-def prefer_channels_last(timings: dict[str, float]) -> bool:
-    """Channels-last unless contiguous was at least 10 % faster in :func:`measure_training_memory_format`."""
-    return timings["contiguous"] > _CONTIGUOUS_MARGIN * timings["channels_last"]
 
 
 def compile_for_training(model: nn.Module, task: str) -> list[str]:

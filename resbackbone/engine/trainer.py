@@ -114,7 +114,7 @@ class Trainer(CheckpointedRun):
         self.steps_per_epoch = max(1, batches // optim.accumulate)
         self.optimizer = build_optimizer(model, self.backbone, optim)
         self.scheduler = build_scheduler(self.optimizer, optim, self.steps_per_epoch)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=optim.amp == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.ema = ModelEmaV3(model, decay=optim.ema) if optim.ema else None
         self.compiled = compile_for_training(model, self.task) if recipe.run.compile else []
         self._train_model = distributed.TrainModel(model, self.ctx)

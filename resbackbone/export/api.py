@@ -85,6 +85,11 @@ def load_source(
         return source.eval(), _module_info(source, **common)
     path = Path(source)
     if _is_checkpoint(path) or path.suffix in (".yaml", ".yml"):
+        if weights is not None:
+            raise ValueError(
+                f"weights={weights!r} applies to a backbone name; {path} names its own weights (a run's trained "
+                "ones, or a recipe's model.weights / model.backbone_weights): drop --weights."
+            )
         if _is_checkpoint(path):
             from ..engine import load_model
 
@@ -198,6 +203,11 @@ def _graph(model: nn.Module, info: ModelInfo, *, argmax: bool, fold_bn: bool) ->
 
         unfreeze_batch_norm_2d(body).eval()
         folded = fold_batch_norms_in_place(body, stages_module(body)) + fold_sequential_batch_norms(model)
+    if argmax and info.task != "segmentation":
+        raise ValueError(
+            f"argmax applies to segmenters (a class map instead of logits); {info.source or 'this model'} is a "
+            f"{info.task} model: drop --argmax (argmax=False)."
+        )
     if info.task == "backbone":
         graph: nn.Module = BackboneGraph(model)
         return graph, replace(info, output_names=graph.output_names), folded
@@ -205,8 +215,6 @@ def _graph(model: nn.Module, info: ModelInfo, *, argmax: bool, fold_bn: bool) ->
         graph = SegmenterGraph(model, argmax=argmax)
         output = "class_map" if argmax else "logits"
         return graph, replace(info, output=output, output_names=graph.output_names), folded
-    if argmax:
-        raise ValueError("argmax applies to segmenters (a class map instead of logits), not to detectors.")
     return (
         DetectorGraph(model),
         replace(info, output="detections", output_names=list(DetectorGraph.output_names)),

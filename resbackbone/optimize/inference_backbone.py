@@ -38,13 +38,18 @@ import torch
 from torch import Tensor, nn
 
 from ..backbone import Backbone, check_input
-from .compiling import CompileFallbackWarning, compile_frozen, measure_memory_format, native_low_precision
+from .compiling import (
+    CompileFallbackWarning,
+    compile_frozen,
+    measure_memory_format,
+    native_low_precision,
+    prefer_channels_last,
+)
 from .folding import fold_batch_norms
 
 __all__ = ["InferenceBackbone", "optimize_for_inference", "stages_module"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_CONTIGUOUS_MARGIN = 0.9  # contiguous must be 10 % faster to be chosen
 
 
 class _Levels(nn.Module):
@@ -245,7 +250,7 @@ def optimize_for_inference(
             timings = measure_memory_format(trunk, backbone.in_chans, device, dtype)
             # channels-last is the native layout of oneDNN and of tensor-core kernels, and what
             # the compiled code prefers: keep it unless contiguous is clearly faster
-            channels_last = timings["contiguous"] > _CONTIGUOUS_MARGIN * timings["channels_last"]
+            channels_last = prefer_channels_last(timings)
         else:  # measuring emulated kernels would take long and tell nothing
             channels_last = True
     if channels_last:

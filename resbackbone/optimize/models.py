@@ -25,12 +25,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .compiling import CompileFallbackWarning, compile_frozen, measure_memory_format, native_low_precision, prefers_bf16
+from .compiling import (
+    CompileFallbackWarning,
+    compile_frozen,
+    measure_memory_format,
+    native_low_precision,
+    prefer_channels_last,
+    prefers_bf16,
+)
 from .folding import fold_batch_norms_in_place, fold_sequential_batch_norms
 
 __all__ = ["FrozenModule", "optimize_model"]
 
-_CONTIGUOUS_MARGIN = 0.9  # contiguous must be 10 % faster to be chosen
 _DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -173,7 +179,7 @@ def optimize_model(
     if channels_last == "auto":
         if native_low_precision(device, dtype):
             timings = measure_memory_format(target, in_chans, device, dtype)
-            channels_last = timings["contiguous"] > _CONTIGUOUS_MARGIN * timings["channels_last"]
+            channels_last = prefer_channels_last(timings)
         else:
             channels_last = True
     if channels_last:

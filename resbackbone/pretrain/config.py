@@ -264,7 +264,7 @@ class PretrainRecipe(_Section):
         if self.optim.ema:
             raise ValueError(
                 f"optim.ema={self.optim.ema}: pretraining writes the trained backbone, not an average of it (byol, "
-                "mocov2, dino and densecl keep their own momentum teacher); remove optim.ema"
+                "mocov2 and densecl keep their own momentum encoder); remove optim.ema"
             )
         return self
 

@@ -277,12 +277,15 @@ class Pretrainer(CheckpointedRun):
         optim, p = self.recipe.optim, self.recipe.pretrain
         if self.ctx.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
+            layout = "channels-last" if self.channels_last else "contiguous"
+            if self.recipe.run.channels_last == "auto":
+                layout += " (run.channels_last: auto is not measured in pretraining)"
             self._log(
                 f"{self.recipe.name}: {p.method} on {len(self.dataset)} images from {len(self.images.sources)} "
                 f"source(s), {self.recipe.model.backbone} (in_chans {self.recipe.model.in_chans}), "
                 f"{self.steps_per_epoch} steps/epoch on {self.device} × {self.ctx.world_size}; effective batch "
                 f"{optim.batch_size * optim.accumulate * self.ctx.world_size}; "
-                f"{precision_text(optim.amp, self.amp, self.device)}."
+                f"{precision_text(optim.amp, self.amp, self.device)}, {layout}."
             )
         if self.epoch == 0 and not self.history and self.ctx.is_main:
             initial = {"epoch": 0, **self.monitor()}

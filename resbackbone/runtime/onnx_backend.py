@@ -153,7 +153,8 @@ def predict_onnx(
     info = backend.info
     if info.task == "backbone":
         raise ValueError(
-            f"{model} is a {info.backbone} backbone (C2–C5 features): predict needs a detector or segmenter. "
+            f"{model} is a {info.backbone} backbone ({', '.join(info.levels)} features): predict needs a detector "
+            "or segmenter. "
             "Export one from a run's best.pt."
         )
     header = {"model": str(Path(model).resolve()), "model_sha256": file_sha256(model)}
