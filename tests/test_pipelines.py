@@ -23,6 +23,25 @@ def test_options_outside_the_table_are_refused_naming_them(options, named):
     assert "expected" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["resnet18", "resnet34"], "backbones resnet34"),
+        (["--devices", "cuda"], "--devices=cuda"),
+        (["--weights", "imagenet"], "--weights=imagenet"),
+        (["-b", "1,8"], "--batch-sizes=1,8"),
+        (["--train-amp"], "--train-amp"),
+    ],
+)
+def test_bench_models_refuses_the_options_it_would_ignore(argv, named, capsys, tmp_path):
+    from resbackbone.cli import main
+
+    assert main(["bench", "--models", "deeplabv3plus", "--out", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "would be ignored" in err
+    assert not any(tmp_path.iterdir())
+
+
 def test_onnxruntime_row_agrees_with_eager_and_the_library_row_says_why_it_is_skipped():
     pytest.importorskip("onnxruntime", reason="the [export] extra (onnx, onnxruntime, onnxscript) is not installed")
     config = PipelineConfig(

@@ -138,6 +138,27 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
+def _unused_by_models(args: argparse.Namespace) -> list[str]:
+    """The options given that ``--models`` has no use for, as ``--name=value``."""
+    defaults = BenchConfig.__dataclass_fields__
+    unused = [f"backbones {' '.join(args.backbones[1:])}"] if len(args.backbones) > 1 else []
+    for flag, value in (("--batch-sizes", args.batch_sizes), ("--input-sizes", args.input_sizes)):
+        if len(value) > 1:
+            unused.append(f"{flag}={','.join(map(str, value))} (only the first is used)")
+    if any(device not in ("auto", "cpu") for device in args.devices):
+        unused.append(f"--devices={','.join(args.devices)}")
+    for flag, name in (("--modes", "modes"), ("--competitors", "competitors"), ("--train-models", "train_models")):
+        if tuple(getattr(args, name)) != tuple(defaults[name].default):
+            unused.append(f"{flag}={','.join(getattr(args, name))}")
+    for flag, name in (("--fpn", "fpn"), ("--train-amp", "train_amp"), ("--allow-emulated", "allow_emulated")):
+        if getattr(args, name):
+            unused.append(flag)
+    for flag, name in (("--checkpoint-stages", "checkpoint_stages"), ("--weights", "weights")):
+        if getattr(args, name) is not None:
+            unused.append(f"{flag}={getattr(args, name)}")
+    return unused
+
+
 def _run_models(args: argparse.Namespace) -> int:
     """``--models``: the whole-model table (and with ``--train`` the fine-tuning steps), printed and written."""
     import json
@@ -147,6 +168,12 @@ def _run_models(args: argparse.Namespace) -> int:
     from .finetune_steps import format_finetune_steps, run_finetune_steps
     from .pipelines import PipelineConfig, format_pipelines, run_pipelines
 
+    unused = _unused_by_models(args)
+    if unused:
+        raise ValueError(
+            f"--models times one backbone at one batch and size on the CPU, so {', '.join(unused)} would be "
+            "ignored: drop them, or run the backbone table without --models."
+        )
     backbone, batch, size = args.backbones[0], args.batch_sizes[0], args.input_sizes[0]
     result: dict = {"machine": machine_info()}
     tables = []

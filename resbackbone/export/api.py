@@ -13,7 +13,6 @@ See ``docs/export.md`` for what each format supports.
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -121,11 +120,13 @@ def load_source(
 def _module_info(model: nn.Module, **values: Any) -> ModelInfo:
     """A built segmenter or detector: no recipe, so classes are numbered and the image size is the traced one."""
     from ..engine.builders import find_backbone
+    from ..heads import detector_head
 
-    if hasattr(model, "roi_heads"):
-        task, head, count = "detection", "faster_rcnn", model.roi_heads.box_predictor.cls_score.out_features - 1
-    elif hasattr(model, "anchor_generator"):
-        task, head, count = "detection", "retinanet", model.head.classification_head.num_classes - 1
+    head = detector_head(model)
+    if head == "faster_rcnn":
+        task, count = "detection", model.roi_heads.box_predictor.cls_score.out_features - 1
+    elif head == "retinanet":
+        task, count = "detection", model.head.classification_head.num_classes - 1
     elif hasattr(model, "num_classes") and hasattr(model, "arch"):
         task, head, count = "segmentation", model.arch, model.num_classes
     else:
@@ -189,20 +190,9 @@ def _check_request(family: FamilySpec, fmt: str, dynamic: tuple[str, ...], dtype
 
 def _graph(model: nn.Module, info: ModelInfo, *, argmax: bool, fold_bn: bool) -> tuple[nn.Module, ModelInfo, int]:
     """The exportable graph of a copy of ``model`` (batch norms folded), and ``info`` with its outputs."""
-    from ..engine.builders import find_backbone
-    from ..optimize import fold_batch_norms_in_place, fold_sequential_batch_norms, stages_module
+    from ..optimize import frozen_copy
 
-    model = copy.deepcopy(model).eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
-    body = model if isinstance(model, Backbone) else find_backbone(model)
-    body.set_grad_checkpointing(False)
-    folded = 0
-    if fold_bn:
-        from timm.layers import unfreeze_batch_norm_2d
-
-        unfreeze_batch_norm_2d(body).eval()
-        folded = fold_batch_norms_in_place(body, stages_module(body)) + fold_sequential_batch_norms(model)
+    model, _, folded = frozen_copy(model, fold_bn=fold_bn)
     if argmax and info.task != "segmentation":
         raise ValueError(
             f"argmax applies to segmenters (a class map instead of logits); {info.source or 'this model'} is a "

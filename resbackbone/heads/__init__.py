@@ -10,7 +10,7 @@
   makes every backbone a ``segmentation_models_pytorch`` encoder (imports smp).
 """
 
-from .detection import DETECTOR_ARCHS, DETECTORS, DetectorSpec, build_detector
+from .detection import DETECTOR_ARCHS, DETECTORS, DetectorSpec, build_detector, detector_head
 from .fpn import FeaturePyramid, build_fpn
 from .segmentation import SEGMENTER_ARCHS, SEGMENTERS, Segmenter, SegmenterSpec, build_segmenter
 
@@ -26,4 +26,5 @@ __all__ = [
     "build_detector",
     "build_fpn",
     "build_segmenter",
+    "detector_head",
 ]

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
@@ -42,6 +43,7 @@ __all__ = [
     "FeaturePyramid",
     "build_detector",
     "build_fpn",
+    "detector_head",
 ]
 
 logger = logging.getLogger("resbackbone")
@@ -194,6 +196,11 @@ def check_head_kwargs(arch: str, head_kwargs: Mapping[str, Any]) -> None:
                 f"build_detector({arch!r}): {key!r} is not an option of torchvision's {cls.__name__} that "
                 f"can be passed through.{hint} Valid: {', '.join(valid)}."
             )
+
+
+def detector_head(model: nn.Module) -> str | None:
+    """The :data:`DETECTORS` name of a built detector (``"faster_rcnn"``, ``"retinanet"``); ``None`` for others."""
+    return next((name for name, spec in DETECTORS.items() if isinstance(model, spec.model)), None)
 
 
 def build_detector(

@@ -16,7 +16,7 @@ from .compiling import (
     native_low_precision,
     prefers_bf16,
 )
-from .folding import fold_batch_norms, fold_batch_norms_in_place, fold_sequential_batch_norms
+from .folding import fold_batch_norms, fold_batch_norms_in_place, fold_sequential_batch_norms, frozen_copy
 from .inference_backbone import InferenceBackbone, optimize_for_inference, stages_module
 from .models import FrozenModule, optimize_model
 
@@ -28,6 +28,7 @@ __all__ = [
     "fold_batch_norms",
     "fold_batch_norms_in_place",
     "fold_sequential_batch_norms",
+    "frozen_copy",
     "measure_memory_format",
     "native_low_precision",
     "optimize_for_inference",

@@ -6,13 +6,18 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
+from typing import TYPE_CHECKING
 
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["fold_batch_norms", "fold_batch_norms_in_place", "fold_sequential_batch_norms"]
+if TYPE_CHECKING:
+    from ..backbone import Backbone
+
+__all__ = ["fold_batch_norms", "fold_batch_norms_in_place", "fold_sequential_batch_norms", "frozen_copy"]
 
 
 class _Tracer(fx.Tracer):
@@ -149,3 +154,36 @@ def fold_sequential_batch_norms(module: nn.Module) -> int:
                 setattr(parent, second, nn.Identity())
                 folded += 1
     return folded
+
+
+def frozen_copy(model: nn.Module, *, fold_bn: bool = True) -> tuple[nn.Module, Backbone, int]:
+    """An inference copy of a backbone, segmenter or detector: what export and the fast path start from.
+
+    The copy is in eval mode with every parameter frozen and grad checkpointing
+    off; with ``fold_bn``, frozen norms are made foldable again (timm's
+    ``unfreeze_batch_norm_2d``) and folded, in the backbone by tracing its
+    stages and in the head's ``nn.Sequential`` blocks. ``model`` is not changed.
+
+    Returns:
+        ``(copy, its backbone, number of norms folded)``.
+
+    Raises:
+        TypeError: ``model`` holds no :class:`~resbackbone.Backbone`.
+    """
+    from ..backbone import Backbone
+    from .inference_backbone import stages_module
+
+    frozen = copy.deepcopy(model).eval()
+    for param in frozen.parameters():
+        param.requires_grad_(False)
+    body = next((m for m in frozen.modules() if isinstance(m, Backbone)), None)
+    if body is None:
+        raise TypeError(f"{type(model).__name__} holds no resbackbone Backbone.")
+    body.set_grad_checkpointing(False)
+    folded = 0
+    if fold_bn:
+        from timm.layers import unfreeze_batch_norm_2d
+
+        unfreeze_batch_norm_2d(body).eval()  # in place: frozen norms become foldable eval BatchNorm2d
+        folded = fold_batch_norms_in_place(body, stages_module(body)) + fold_sequential_batch_norms(frozen)
+    return frozen, body, folded

@@ -18,7 +18,6 @@ batch of a split does not compile again.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Any
 
@@ -33,7 +32,7 @@ from .compiling import (
     prefer_channels_last,
     prefers_bf16,
 )
-from .folding import fold_batch_norms_in_place, fold_sequential_batch_norms
+from .folding import frozen_copy
 
 __all__ = ["FrozenModule", "optimize_model"]
 
@@ -69,6 +68,8 @@ class FrozenModule(nn.Module):
         dtype: The dtype of its weights and activations.
         channels_last: Whether inputs are moved to channels-last.
         compiled: Whether ``torch.compile`` is in use (``False`` after a fallback).
+        fast_settings: What was chosen (``dtype``, ``channels_last``, ``compiled``, and what
+            :func:`optimize_model` adds), kept up to date when a compile falls back to eager.
     """
 
     def __init__(self, module: nn.Module, *, dtype: torch.dtype, channels_last: bool) -> None:
@@ -76,15 +77,22 @@ class FrozenModule(nn.Module):
         self.module = module
         self.dtype = dtype
         self.channels_last = channels_last
-        self.compiled = False
         self.batch: int | None = None
-        self.__dict__["_run"] = module
+        self.fast_settings: dict[str, Any] = {
+            "dtype": str(dtype).removeprefix("torch."),
+            "channels_last": channels_last,
+        }
+        self._use(module, compiled=False)
+
+    def _use(self, run: Any, *, compiled: bool) -> None:
+        # Kept out of _modules: the state dict stays the module's, with no "_orig_mod." duplicate.
+        self.__dict__["_run"] = run
+        self.compiled = self.fast_settings["compiled"] = compiled
 
     def compile(self, mode: str | None = None) -> None:  # type: ignore[override]
         """Compile :attr:`module` with frozen weights (falls back to eager, with a warning, where it cannot)."""
         try:
-            self.__dict__["_run"] = compile_frozen(self.module, mode=mode)
-            self.compiled = True
+            self._use(compile_frozen(self.module, mode=mode), compiled=True)
         except Exception as exc:  # torch.compile unsupported on this Python/platform
             warnings.warn(
                 f"torch.compile is unavailable ({exc!r}); running eagerly.", CompileFallbackWarning, stacklevel=2
@@ -111,8 +119,7 @@ class FrozenModule(nn.Module):
                     CompileFallbackWarning,
                     stacklevel=2,
                 )
-                self.__dict__["_run"] = self.module
-                self.compiled = False
+                self._use(self.module, compiled=False)
                 out = self._run(x)
         return _take(_float32(out), n)
 
@@ -145,7 +152,6 @@ def optimize_model(
         TypeError: ``model`` is neither a segmenter nor a detector with a ``backbone``.
         ValueError: An unknown ``dtype`` or ``channels_last``.
     """
-    from ..backbone import Backbone
 
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
@@ -153,25 +159,15 @@ def optimize_model(
         dtype = _DTYPES[dtype]  # type: ignore[assignment]
     if not (isinstance(channels_last, bool) or channels_last == "auto"):
         raise ValueError(f"channels_last={channels_last!r} is not valid: expected True, False or 'auto'.")
-    detector = hasattr(model, "roi_heads") or hasattr(model, "anchor_generator")
+    from ..heads import detector_head
+
+    detector = detector_head(model) is not None
     if not detector and not hasattr(model, "backbone"):
         raise TypeError(f"optimize_model() takes a segmenter or detector from resbackbone, got {type(model).__name__}.")
     device = next(model.parameters()).device
     if dtype is None:
         dtype = torch.bfloat16 if prefers_bf16(device) else torch.float32
-    fast = copy.deepcopy(model).eval()
-    for param in fast.parameters():
-        param.requires_grad_(False)
-    body = next(m for m in fast.modules() if isinstance(m, Backbone))
-    body.set_grad_checkpointing(False)
-    folded = 0
-    if fold_bn:
-        from timm.layers import unfreeze_batch_norm_2d
-
-        from .inference_backbone import stages_module
-
-        unfreeze_batch_norm_2d(body).eval()  # in place: frozen norms become foldable eval BatchNorm2d
-        folded = fold_batch_norms_in_place(body, stages_module(body)) + fold_sequential_batch_norms(fast)
+    fast, body, folded = frozen_copy(model, fold_bn=fold_bn)
     target = fast.backbone if detector else fast
     target = target.to(dtype=dtype)
     in_chans = body.in_chans
@@ -192,13 +188,8 @@ def optimize_model(
         result: nn.Module = _FastDetector(fast)
     else:
         result = runner
-    result.fast_settings = {  # type: ignore[assignment]
-        "dtype": str(dtype).removeprefix("torch."),
-        "channels_last": bool(channels_last),
-        "compiled": compile,
-        "folded_norms": folded,
-        "memory_format_timings": timings,
-    }
+    runner.fast_settings.update(folded_norms=folded, memory_format_timings=timings)
+    result.fast_settings = runner.fast_settings  # type: ignore[assignment]  # one dict: a fallback shows in both
     return result
 
 
