@@ -85,6 +85,9 @@ def test_evaluating_a_checkpoint_repeats_the_runs_own_evaluation(tmp_path: Path,
     assert {k: again[k] for k in best if k != "images_per_s"} == pytest.approx(
         {k: v for k, v in best.items() if k != "images_per_s"}, abs=1e-6
     )
+    fast = evaluate_checkpoint(trainer.recipe, tmp_path / "run" / "best.pt", split="val", progress=False, fast=True)
+    for key in ("miou", "dice", "pixel_acc"):  # the fast path (folded, compiled; fp32 here) scores as eager does
+        assert fast[key] == pytest.approx(best[key], abs=0.005), key
     other = _recipe(tmp_path, "optim.amp=auto", "model.loss=ce")
     with pytest.warns(UserWarning, match=r"evaluated as it was trained; the recipe's model\.loss='ce' \(checkpoint: "):
         evaluate_checkpoint(other, tmp_path / "run" / "best.pt", split="val", progress=False)
