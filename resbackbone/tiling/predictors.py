@@ -230,7 +230,7 @@ def wrap_segmenter(
     tta: Sequence[str] = (),
     pad_value: Sequence[float] | float = 0.0,
     min_size: tuple[int, int] | None = None,
-    multiple: int = 32,
+    multiple: int | None = None,
 ) -> Segmenter:
     """A callable running a segmenter with sliding windows and test-time augmentation.
 
@@ -241,7 +241,8 @@ def wrap_segmenter(
         tta: ``eval.tta`` names; the logits of every pass are averaged.
         pad_value: Normalised value of a black pixel, per channel (what the data pipeline pads with).
         min_size: Pad whole images to at least this ``(h, w)`` (the evaluation size the model was checked at).
-        multiple: Pad whole images to a multiple of this (the model's output stride).
+        multiple: Pad whole images to a multiple of this; ``None``: the deepest stride of the model's
+            backbone levels, at least 32 (smp's U-Net and FPN decoders halve the input five times).
 
     Raises:
         ValueError: An unknown TTA name, or a window with no size.
@@ -253,8 +254,17 @@ def wrap_segmenter(
         tta=tta,
         pad_value=pad_value,
         min_size=min_size,
-        multiple=multiple,
+        multiple=multiple or _input_multiple(model),
     )
+
+
+def _input_multiple(model: nn.Module) -> int:
+    """What a whole image is padded to a multiple of: the deepest backbone stride, at least 32."""
+    from ..backbone import Backbone
+
+    modules = model.modules() if isinstance(model, nn.Module) else ()  # a plain callable: 32
+    body = next((m for m in modules if isinstance(m, Backbone)), None)
+    return max([32, *(level.stride for level in body.feature_info)] if body is not None else [32])
 
 
 def wrap_detector(
