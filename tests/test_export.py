@@ -86,11 +86,33 @@ def exported(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     backbone = create_backbone("test_resnet").eval()
     _randomise_norms(backbone)
     files = {"backbone": root / "backbone.onnx", **{head: root / f"{head}.onnx" for head in runs}}
-    export_model(backbone, files["backbone"], example_size=(64, 64))
+    checks = {"backbone": export_model(backbone, files["backbone"], example_size=(64, 64), check=True).check}
     assert main(["export", str(runs["deeplabv3plus"]), "--out", str(files["deeplabv3plus"])]) == 0
     for head in ("faster_rcnn", "retinanet"):
-        export_model(runs[head], files[head])
-    return {**files, "backbone_model": backbone}
+        checks[head] = export_model(runs[head], files[head], check=True).check
+    return {**files, "backbone_model": backbone, "checks": checks}
+
+
+def test_the_export_check_reports_parity_at_two_other_sizes(exported: dict[str, Any], runs: dict[str, Path]) -> None:
+    checks = exported["checks"]
+    for family, report in checks.items():
+        sizes = [key for key in report if key != "folded_norms"]
+        assert len(sizes) == 2 and "64x64" not in sizes, (family, report)
+        assert report["folded_norms"] > 0
+        for size in sizes:
+            if family == "backbone":
+                assert report[size]["max_rel_error"] < 1e-4
+            else:
+                assert report[size]["detections"] > 0  # untrained detectors here keep every score
+                assert report[size]["missed"] == 0 and report[size]["extra"] == 0, (family, report[size])
+                assert report[size]["max_score_diff"] <= 1e-3
+    logits = export_model(runs["deeplabv3plus"], exported["backbone"].parent / "logits.onnx", check=True).check
+    class_map = export_model(
+        runs["deeplabv3plus"], exported["backbone"].parent / "class_map.onnx", check=True, argmax=True
+    ).check
+    for size in (key for key in logits if key != "folded_norms"):
+        assert logits[size]["max_rel_error"] < 1e-4 and logits[size]["argmax_agreement"] >= 0.999
+        assert class_map[size]["pixels_equal"] >= 0.999
 
 
 def _pixels(batch: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
