@@ -31,7 +31,11 @@ __all__ = [
 
 
 class DetectionMetric:
-    """COCO box metrics: ``map``, ``map50``, ``map75`` and ``ap/<class>`` (AP@[.5:.95])."""
+    """COCO box metrics: ``map``, ``map50``, ``map75``, ``ap/<class>`` (AP@[.5:.95]) and ``ap50/<class>``.
+
+    ``ap50/<class>`` is the class's AP at IoU 0.5 (all areas, 100 detections), read from the
+    precision table COCOeval builds for ``map50``: their mean over the classes is ``map50``.
+    """
 
     def __init__(self, class_names: Sequence[str]) -> None:
         from torchmetrics.detection import MeanAveragePrecision
@@ -43,7 +47,7 @@ class DetectionMetric:
         except ImportError:
             backend = "pycocotools"
         self.class_names = list(class_names)
-        self.metric = MeanAveragePrecision(iou_type="bbox", class_metrics=True, backend=backend)
+        self.metric = MeanAveragePrecision(iou_type="bbox", class_metrics=True, extended_summary=True, backend=backend)
 
     def update(self, predictions: list[dict[str, Tensor]], targets: list[dict[str, Any]]) -> None:
         preds = [
@@ -58,10 +62,19 @@ class DetectionMetric:
         out = {"map": float(result["map"]), "map50": float(result["map_50"]), "map75": float(result["map_75"])}
         classes = result.get("classes")
         per_class = result.get("map_per_class")
-        if classes is not None and per_class is not None and per_class.ndim == 1:
-            for label, ap in zip(classes.tolist(), per_class.tolist()):
-                if 1 <= label <= len(self.class_names):
-                    out[f"ap/{self.class_names[label - 1]}"] = float(ap)
+        if classes is None or per_class is None or per_class.ndim != 1:
+            return out
+        # precision[iou threshold, recall, class, area, max detections]; -1 where a class has no boxes
+        precision = result.get("precision")
+        for k, (label, ap) in enumerate(zip(classes.tolist(), per_class.tolist())):
+            if not 1 <= label <= len(self.class_names):
+                continue
+            name = self.class_names[label - 1]
+            out[f"ap/{name}"] = float(ap)
+            if precision is not None and precision.ndim == 5:
+                at_50 = precision[0, :, k, 0, -1]
+                at_50 = at_50[at_50 > -1]
+                out[f"ap50/{name}"] = float(at_50.mean()) if len(at_50) else -1.0
         return out
 
 
