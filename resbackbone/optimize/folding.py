@@ -10,14 +10,20 @@ import copy
 import itertools
 from typing import TYPE_CHECKING
 
-from torch import fx, nn
+from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 if TYPE_CHECKING:
     from ..backbone import Backbone
 
-__all__ = ["fold_batch_norms", "fold_batch_norms_in_place", "fold_sequential_batch_norms", "frozen_copy"]
+__all__ = [
+    "fold_batch_norms",
+    "fold_batch_norms_in_place",
+    "fold_sequential_batch_norms",
+    "frozen_copy",
+    "stages_module",
+]
 
 
 class _Tracer(fx.Tracer):
@@ -34,6 +40,23 @@ class _Tracer(fx.Tracer):
         if isinstance(m, (nn.Conv2d, _BatchNorm)) or is_notrace_module(type(m)):
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+
+class _Levels(nn.Module):
+    """The backbone's forward as a tuple of levels, for tracing."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.body.forward_stages(x).values())
+
+
+def stages_module(backbone: Backbone) -> nn.Module:
+    """A module whose forward is ``backbone``'s :meth:`~resbackbone.Backbone.forward_stages` as a tuple of levels,
+    traceable by ``torch.fx`` (what batch-norm folding traces)."""
+    return _Levels(backbone)
 
 
 def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -171,7 +194,6 @@ def frozen_copy(model: nn.Module, *, fold_bn: bool = True) -> tuple[nn.Module, B
         TypeError: ``model`` holds no :class:`~resbackbone.Backbone`.
     """
     from ..backbone import Backbone
-    from .inference_backbone import stages_module
 
     frozen = copy.deepcopy(model).eval()
     for param in frozen.parameters():

@@ -45,28 +45,11 @@ from .compiling import (
     native_low_precision,
     prefer_channels_last,
 )
-from .folding import fold_batch_norms
+from .folding import fold_batch_norms, stages_module
 
 __all__ = ["InferenceBackbone", "optimize_for_inference", "stages_module"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-class _Levels(nn.Module):
-    """The backbone's forward as a tuple of levels, for tracing."""
-
-    def __init__(self, body: nn.Module) -> None:
-        super().__init__()
-        self.body = body
-
-    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        return tuple(self.body.forward_stages(x).values())
-
-
-def stages_module(backbone: Backbone) -> nn.Module:
-    """A module whose forward is ``backbone``'s :meth:`~resbackbone.Backbone.forward_stages` as a tuple of levels,
-    traceable by ``torch.fx`` (what batch-norm folding traces)."""
-    return _Levels(backbone)
 
 
 class InferenceBackbone(nn.Module):
@@ -234,9 +217,9 @@ def optimize_for_inference(
         from timm.layers import unfreeze_batch_norm_2d
 
         body = unfreeze_batch_norm_2d(body).eval()  # frozen norms become foldable eval BatchNorm2d
-        trunk, folded = fold_batch_norms(_Levels(body))
+        trunk, folded = fold_batch_norms(stages_module(body))
     else:
-        trunk, folded = _Levels(body), 0
+        trunk, folded = stages_module(body), 0
     if dtype != torch.float32 and not native_low_precision(device, dtype):
         warnings.warn(
             f"dtype={dtype} on this {device.type} is emulated, not native: expect it to be slower than float32.",
