@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from resbackbone import create_backbone
+from resbackbone.bench.candidates import randomise_norms
 from resbackbone.cli import main
 from resbackbone.engine import predict
 from resbackbone.engine.builders import build_model
@@ -39,16 +40,6 @@ RECIPES = {
 }
 
 
-def _randomise_norms(model: torch.nn.Module) -> None:
-    """Batch-norm statistics unlike a fresh network's, so that folding them is not trivially exact."""
-    generator = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
-            n = module.num_features
-            module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A ``best.pt`` per head family, as a run writes it (untrained tiny models; detectors keep every score)."""
@@ -65,7 +56,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         classes = class_names(recipe.data, recipe.task)
         torch.manual_seed(0)
         model = build_model(recipe, len(classes) + (recipe.task == "detection"))
-        _randomise_norms(model)
+        randomise_norms(model, seed=1)
         state = best_state(
             model.state_dict(),
             recipe=recipe.model_dump(mode="json", by_alias=True),
@@ -84,7 +75,7 @@ def exported(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     """Each family exported once (the segmenter through the command line), shared by the tests below."""
     root = tmp_path_factory.mktemp("onnx")
     backbone = create_backbone("test_resnet").eval()
-    _randomise_norms(backbone)
+    randomise_norms(backbone, seed=1)
     files = {"backbone": root / "backbone.onnx", **{head: root / f"{head}.onnx" for head in runs}}
     checks = {"backbone": export_model(backbone, files["backbone"], example_size=(64, 64), check=True).check}
     assert main(["export", str(runs["deeplabv3plus"]), "--out", str(files["deeplabv3plus"])]) == 0
@@ -341,7 +332,7 @@ def test_other_segmentation_heads_export(head: str, tmp_path: Path) -> None:
     from resbackbone.export.writers import write_onnx
 
     model = build_segmenter(head, backbone="test_resnet", num_classes=3).eval()
-    _randomise_norms(model)
+    randomise_norms(model, seed=1)
     info = ModelInfo(task="segmentation", classes=["a", "b", "c"], exporter="dynamo", output_names=["logits"])
     graph = SegmenterGraph(model).eval()
     write_onnx(
