@@ -72,9 +72,16 @@ def test_autocast_takes_a_resolved_precision_only() -> None:
         acc.autocast(torch.device("cpu"), "auto")
 
 
-def test_evaluating_a_checkpoint_repeats_the_runs_own_evaluation(tmp_path: Path, session_cache: Path) -> None:
-    """``amp: auto`` resolves the same way in ``evaluate`` as in training (it once reached autocast as fp16)."""
+def test_evaluating_a_checkpoint_repeats_the_runs_own_evaluation(
+    tmp_path: Path, session_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``amp: auto`` resolves the same way in ``evaluate`` as in training (it once reached autocast as fp16),
+    and ``--fast`` scores as eager does. fp32 on every machine: an AMX CPU or a GPU would pick bf16."""
     from resbackbone.engine import evaluate_checkpoint
+    from resbackbone.optimize import models as fast_models
+
+    monkeypatch.setattr(acc, "prefers_bf16", lambda device: False)
+    monkeypatch.setattr(fast_models, "prefers_bf16", lambda device: False)
 
     trainer = Trainer(_recipe(tmp_path, "optim.amp=auto"), progress=False)
     summary = trainer.fit()
@@ -86,7 +93,7 @@ def test_evaluating_a_checkpoint_repeats_the_runs_own_evaluation(tmp_path: Path,
         {k: v for k, v in best.items() if k != "images_per_s"}, abs=1e-6
     )
     fast = evaluate_checkpoint(trainer.recipe, tmp_path / "run" / "best.pt", split="val", progress=False, fast=True)
-    for key in ("miou", "dice", "pixel_acc"):  # the fast path (folded, compiled; fp32 here) scores as eager does
+    for key in ("miou", "dice", "pixel_acc"):  # the fast path (folded, compiled, fp32) scores as eager does
         assert fast[key] == pytest.approx(best[key], abs=0.005), key
     other = _recipe(tmp_path, "optim.amp=auto", "model.loss=ce")
     with pytest.warns(UserWarning, match=r"evaluated as it was trained; the recipe's model\.loss='ce' \(checkpoint: "):

@@ -91,3 +91,8 @@ def test_a_compile_that_fails_at_its_first_call_falls_back_and_says_so(monkeypat
 def test_something_that_is_neither_a_segmenter_nor_a_detector_is_refused() -> None:
     with pytest.raises(TypeError, match="takes a segmenter or detector"):
         optimize_model(torch.nn.Conv2d(3, 3, 1))
+    from torchvision.models.detection import FCOS
+
+    fcos = FCOS(_detector("retinanet").backbone, num_classes=3)  # a torchvision detector it does not know
+    with pytest.raises(TypeError, match=r"Faster R-CNN, RetinaNet\), got FCOS"):
+        optimize_model(fcos)

@@ -153,9 +153,11 @@ def _same_weights(ours: nn.Module, library: nn.Module, arch: str) -> None:
         raise ValueError(f"our {arch} weights do not fit the library's: missing {missing[:3]}, extra {unexpected[:3]}")
 
 
-def _build(arch: str, config: PipelineConfig, workdir: Path) -> tuple[dict[str, Predict], dict[str, str], str, str]:
-    """Each row's predict function for ``arch``, the rows skipped with the reason, the task, and what the
-    fast path chose."""
+def _build(
+    arch: str, config: PipelineConfig, workdir: Path
+) -> tuple[dict[str, Predict], dict[str, str], str, dict[str, Any]]:
+    """Each row's predict function for ``arch``, the rows skipped with the reason, the task, and the fast
+    path's ``fast_settings`` (live: a compile that falls back at its first call shows there)."""
     from .. import Backbone, build_detector, build_segmenter
 
     torch.manual_seed(config.seed)
@@ -177,14 +179,13 @@ def _build(arch: str, config: PipelineConfig, workdir: Path) -> tuple[dict[str, 
 
     rows: dict[str, Predict] = {"ours-eager": wrap(ours)}
     skipped: dict[str, str] = {}
-    note = ""
+    settings: dict[str, Any] = {}
     if "ours-fast" in config.rows:
         from ..optimize import optimize_model
 
         fast = optimize_model(ours)
         rows["ours-fast"] = wrap(fast)
         settings = fast.fast_settings
-        note = f"{settings['dtype']}, channels_last={settings['channels_last']}, compiled={settings['compiled']}"
     if "ours-onnxruntime" in config.rows:
         from ..export import export_model
 
@@ -199,7 +200,7 @@ def _build(arch: str, config: PipelineConfig, workdir: Path) -> tuple[dict[str, 
             rows[name] = wrap(library)
         except (ImportError, ValueError) as exc:
             skipped[name] = str(exc)
-    return rows, skipped, task, note
+    return rows, skipped, task, settings
 
 
 def _agreement(task: str, reference: list[Any], other: list[Any]) -> float:
@@ -227,7 +228,7 @@ def run_pipelines(config: PipelineConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="resbackbone-pipelines-") as tmp:
         for arch in config.models:
             print(f"[pipelines] {arch}: building and warming up", flush=True)
-            rows, skipped, task, note = _build(arch, config, Path(tmp))
+            rows, skipped, task, settings = _build(arch, config, Path(tmp))
             outputs = {name: fn(images) for name, fn in rows.items()}  # the first call of each: compiles
             for _ in range(config.warmup - 1):
                 for fn in rows.values():
@@ -240,6 +241,11 @@ def run_pipelines(config: PipelineConfig) -> dict[str, Any]:
                     times[name].append(time.perf_counter() - start)
             library = PIPELINE_MODELS[arch]
             base = statistics.median(times[library]) if library in times else None
+            note = (
+                f"{settings['dtype']}, channels_last={settings['channels_last']}, compiled={settings['compiled']}"
+                if settings
+                else ""
+            )
             for name in rows:
                 p50 = statistics.median(times[name])
                 results.append(

@@ -62,8 +62,9 @@ class DetectionMetric:
         out = {"map": float(result["map"]), "map50": float(result["map_50"]), "map75": float(result["map_75"])}
         classes = result.get("classes")
         per_class = result.get("map_per_class")
-        if classes is None or per_class is None or per_class.ndim != 1:
+        if classes is None or per_class is None:
             return out
+        classes, per_class = classes.reshape(-1), per_class.reshape(-1)  # 0-d when there is a single class
         # precision[iou threshold, recall, class, area, max detections]; -1 where a class has no boxes
         precision = result.get("precision")
         for k, (label, ap) in enumerate(zip(classes.tolist(), per_class.tolist())):

@@ -40,10 +40,16 @@ def check_onnx(
         Per size ``"HxW"``: ``max_rel_error`` (and ``argmax_agreement`` for logits), or for a detector
         ``matched``, ``missed``, ``extra``, ``max_score_diff``, ``min_iou``.
     """
-    backend = OnnxBackend(path, providers=["CPUExecutionProvider"])
+    device = next(graph.parameters()).device
+    # On the export's device where ONNX Runtime offers it: a float16 export is for CUDA, and ONNX Runtime's
+    # CPU kernels lack most of float16.
+    import onnxruntime
+
+    cuda = device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    backend = OnnxBackend(path, providers=providers)
     generator = torch.Generator().manual_seed(seed)
     report: dict[str, Any] = {}
-    device = next(graph.parameters()).device
     for h, w in check_sizes(size):
         batch = 1 if info.batch == 1 else 3
         x = torch.rand(batch, info.in_chans, h, w, generator=generator)

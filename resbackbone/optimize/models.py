@@ -159,11 +159,14 @@ def optimize_model(
         dtype = _DTYPES[dtype]  # type: ignore[assignment]
     if not (isinstance(channels_last, bool) or channels_last == "auto"):
         raise ValueError(f"channels_last={channels_last!r} is not valid: expected True, False or 'auto'.")
-    from ..heads import detector_head
+    from ..heads import Segmenter, detector_head
 
     detector = detector_head(model) is not None
-    if not detector and not hasattr(model, "backbone"):
-        raise TypeError(f"optimize_model() takes a segmenter or detector from resbackbone, got {type(model).__name__}.")
+    if not detector and not isinstance(model, Segmenter):
+        raise TypeError(
+            f"optimize_model() takes a segmenter or detector from resbackbone (build_segmenter, build_detector: "
+            f"Faster R-CNN, RetinaNet), got {type(model).__name__}."
+        )
     device = next(model.parameters()).device
     if dtype is None:
         dtype = torch.bfloat16 if prefers_bf16(device) else torch.float32

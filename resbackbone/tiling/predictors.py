@@ -261,9 +261,10 @@ def wrap_segmenter(
 def _input_multiple(model: nn.Module) -> int:
     """What a whole image is padded to a multiple of: the deepest backbone stride, at least 32."""
     from ..backbone import Backbone
+    from ..optimize import InferenceBackbone
 
     modules = model.modules() if isinstance(model, nn.Module) else ()  # a plain callable: 32
-    body = next((m for m in modules if isinstance(m, Backbone)), None)
+    body = next((m for m in modules if isinstance(m, (Backbone, InferenceBackbone))), None)
     return max([32, *(level.stride for level in body.feature_info)] if body is not None else [32])
 
 
