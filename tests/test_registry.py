@@ -8,6 +8,8 @@ import resbackbone
 from resbackbone import create_backbone, list_backbones, register_backbone, unregister_backbone
 from resbackbone.registry import get_spec
 
+from .plugin_backbones import plain_backbone
+
 REQUIRED = [
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
@@ -69,27 +71,11 @@ def test_register_custom_backbone_and_duplicate_raises() -> None:
 
 
 def test_custom_module_with_declared_stages_is_measured() -> None:
-    import torch.nn as nn
-
-    from resbackbone import StageSpec
-
-    def conv(i: int, o: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(i, o, 3, stride=2, padding=1), nn.ReLU())
-
-    class Plain(nn.Module):
-        def __init__(self, in_chans: int) -> None:
-            super().__init__()
-            self.stem = conv(in_chans, 4)
-            self.s1, self.s2, self.s3, self.s4 = conv(4, 6), conv(6, 8), conv(8, 10), conv(10, 12)
-
-    stages = (StageSpec("stem", ("stem",)), *(StageSpec(f"s{i}", (f"s{i}",), f"C{i + 1}") for i in range(1, 5)))
-    register_backbone("plain_custom", stages=stages)(lambda *, in_chans, output_stride, drop_path_rate: Plain(in_chans))
-    try:
-        backbone = create_backbone("plain_custom")
+    with plain_backbone("plain_custom") as name:
+        backbone = create_backbone(name)
         assert backbone.feature_info.channels == (6, 8, 10, 12)
         assert backbone.feature_info.strides == (4, 8, 16, 32)
-    finally:
-        unregister_backbone("plain_custom")
+    assert name not in list_backbones()
 
 
 def test_builder_of_unknown_class_without_stages_is_refused() -> None:

@@ -202,26 +202,14 @@ def test_plain_segmentation_pads_to_the_stride_and_crops_back() -> None:
 
 def test_whole_images_are_padded_to_the_deepest_stride_of_the_backbone() -> None:
     """A plug-in backbone whose C5 is at stride 64 needs 64, where every registered ResNet needs 32."""
-    from resbackbone import StageSpec, create_backbone, optimize_for_inference, register_backbone, unregister_backbone
+    from resbackbone import create_backbone, optimize_for_inference
 
-    def conv(i: int, o: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(i, o, 3, stride=2, padding=1), nn.ReLU())
+    from .plugin_backbones import plain_backbone
 
-    class Deep(nn.Module):
-        def __init__(self, in_chans: int) -> None:
-            super().__init__()
-            self.stem = nn.Sequential(conv(in_chans, 4), conv(4, 4))  # stride 4 before C2: C2..C5 at 8..64
-            self.s1, self.s2, self.s3, self.s4 = conv(4, 6), conv(6, 8), conv(8, 10), conv(10, 12)
-
-    stages = (StageSpec("stem", ("stem",)), *(StageSpec(f"s{i}", (f"s{i}",), f"C{i + 1}") for i in range(1, 5)))
-    register_backbone("deep_custom", stages=stages)(lambda *, in_chans, output_stride, drop_path_rate: Deep(in_chans))
-    try:
-        backbone = create_backbone("deep_custom")
+    with plain_backbone("deep_custom", stem_convs=2) as name:  # stride 4 before C2: C2..C5 at 8..64
+        backbone = create_backbone(name)
         assert backbone.feature_info.strides == (8, 16, 32, 64)
-        holder = nn.Sequential(backbone)
-        assert wrap_segmenter(holder).multiple == 64
+        assert wrap_segmenter(nn.Sequential(backbone)).multiple == 64
         assert wrap_segmenter(nn.Sequential(optimize_for_inference(backbone, compile=False))).multiple == 64
-    finally:
-        unregister_backbone("deep_custom")
     assert wrap_segmenter(build_segmenter("deeplabv3plus", backbone="test_resnet", num_classes=2)).multiple == 32
     assert wrap_segmenter(lambda x: x).multiple == 32  # a plain callable: no backbone to ask

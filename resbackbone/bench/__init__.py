@@ -174,31 +174,21 @@ def _run_models(args: argparse.Namespace) -> int:
             f"--models times one backbone at one batch and size on the CPU, so {', '.join(unused)} would be "
             "ignored: drop them, or run the backbone table without --models."
         )
-    backbone, batch, size = args.backbones[0], args.batch_sizes[0], args.input_sizes[0]
+    common = {
+        "backbone": args.backbones[0],
+        "batch_size": args.batch_sizes[0],
+        "size": args.input_sizes[0],
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "seed": args.seed,
+    }
     result: dict = {"machine": machine_info()}
     tables = []
     if not args.train_only:
-        config = PipelineConfig(
-            models=tuple(args.models),
-            backbone=backbone,
-            batch_size=batch,
-            size=size,
-            warmup=args.warmup,
-            repeats=args.repeats,
-            seed=args.seed,
-        )
-        result["inference"] = run_pipelines(config)
+        result["inference"] = run_pipelines(PipelineConfig(models=tuple(args.models), **common))
         tables.append(format_pipelines(result["inference"]))
     if args.train or args.train_only:
-        result["finetune"] = run_finetune_steps(
-            tuple(args.models),
-            backbone=backbone,
-            batch_size=batch,
-            size=size,
-            warmup=args.warmup,
-            repeats=args.repeats,
-            seed=args.seed,
-        )
+        result["finetune"] = run_finetune_steps(tuple(args.models), **common)
         tables.append(format_finetune_steps(result["finetune"]))
     text = "\n\n".join(tables)
     print(text)
