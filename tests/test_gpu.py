@@ -66,3 +66,35 @@ def test_smp_segmenter_on_cuda(output_stride: int) -> None:
     with torch.autocast("cuda", dtype=torch.bfloat16):
         logits = model(torch.randn(2, 3, 96, 96, device="cuda"))
     assert logits.shape == (2, 3, 96, 96) and logits.device.type == "cuda"
+
+
+@pytest.mark.parametrize("method", ["nms", "nmm", "wbf"])
+def test_box_merging_on_cuda_matches_cpu(method: str) -> None:
+    # test-time augmentation and tiles merge a detector's boxes where it ran: on CUDA, the merged
+    # labels were made on the CPU and indexing them failed at the first evaluation of a TTA recipe
+    from resbackbone.tiling.merge import merge_detections
+
+    generator = torch.Generator().manual_seed(0)
+    xy = torch.rand(40, 2, generator=generator) * 100
+    boxes = torch.cat([xy, xy + 10 + torch.rand(40, 2, generator=generator) * 20], dim=1)
+    scores = torch.rand(40, generator=generator)
+    labels = torch.randint(1, 4, (40,), generator=generator)
+    cpu = merge_detections(boxes, scores, labels, method=method, iou=0.5, passes=2)
+    gpu = merge_detections(boxes.cuda(), scores.cuda(), labels.cuda(), method=method, iou=0.5, passes=2)
+    for key, value in cpu.items():
+        assert gpu[key].device.type == "cuda"
+        torch.testing.assert_close(gpu[key].cpu(), value)
+
+
+def test_detection_tta_evaluates_on_cuda(tmp_path: Path, session_cache: Path) -> None:
+    overrides = [
+        *tiny_overrides(tmp_path / "run", backbone="resnet18"),
+        "model.head=faster_rcnn",
+        "eval.metric=map50",
+        "eval.tta=[hflip, vflip]",
+        "run.device=cuda",
+        "run.max_steps_per_epoch=2",
+    ]
+    summary = Trainer(load_recipe(REPO_ROOT / "recipes" / "quickstart.yaml", overrides=overrides), progress=False).fit()
+    assert summary["device"].startswith("cuda") and "TTA" in summary["evaluation"]
+    assert 0.0 <= summary["best"]["metrics"]["map50"] <= 1.0

@@ -113,7 +113,7 @@ def merge_detections(
         for label in labels.unique().tolist():
             mask = labels == label
             b, s = _greedy(boxes[mask], scores[mask], iou, method, passes)
-            parts.append((b, s, torch.full((len(b),), label, dtype=labels.dtype)))
+            parts.append((b, s, torch.full((len(b),), label, dtype=labels.dtype, device=labels.device)))
         if parts:
             out_boxes = torch.cat([p[0] for p in parts])
             out_scores = torch.cat([p[1] for p in parts])
