@@ -135,7 +135,8 @@ def test_freeze_then_unfreeze_and_discriminative_lr(tmp_path: Path, session_cach
 def test_bf16_amp_ema_accumulation_and_clipping(tmp_path: Path, session_cache: Path) -> None:
     """Three updates of two batches each under bf16 autocast: every update's gradient is clipped to
     ``optim.clip_grad``, and the EMA in ``last.pt`` is the exponential average of the weights after each
-    update (timm's ModelEmaV3 copies the weights at update 1, then decays by ``optim.ema``)."""
+    update (timm's ModelEmaV3 copies the weights at update 1, then decays by ``1 - (1 + k) ** -2/3`` at the
+    k-th update after it, capped at ``optim.ema``: the warm-up)."""
     clip, decay, steps = 1e-3, 0.9, 3
     trainer = Trainer(
         _shapes_recipe(
@@ -172,10 +173,9 @@ def test_bf16_amp_ema_accumulation_and_clipping(tmp_path: Path, session_cache: P
     assert trainer.step == steps and autocast_dtypes == [torch.bfloat16] * (2 * steps)  # two batches an update
     assert norms == pytest.approx([clip] * steps, rel=1e-3), "gradients not clipped to optim.clip_grad"
     expected = {k: v.double() if v.is_floating_point() else v for k, v in weights[0].items()}
-    for later in weights[1:]:  # floats averaged, counters (num_batches_tracked) copied
-        expected = {
-            k: decay * e + (1 - decay) * later[k] if e.is_floating_point() else later[k] for k, e in expected.items()
-        }
+    for k_th, later in enumerate(weights[1:], start=1):  # floats averaged, counters (num_batches_tracked) copied
+        d = min(decay, 1 - (1 + k_th) ** (-2 / 3))
+        expected = {k: d * e + (1 - d) * later[k] if e.is_floating_point() else later[k] for k, e in expected.items()}
     ema = load_checkpoint(tmp_path / "run" / "last.pt")["ema"]
     assert ema.keys() == expected.keys()
     for key, value in ema.items():
