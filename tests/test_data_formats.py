@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from resbackbone.data import DataConfig, DataError, build_dataset, class_names, read_image, read_mask
-from resbackbone.data.images import apply_window
+from resbackbone.data.images import apply_window, stretch_percentiles
 
 from .data_writers import palette_png, picture, save, write_coco, write_mask_folder, write_voc, write_yolo
 
@@ -227,6 +227,38 @@ def test_16bit_images_load_through_the_dataset(tmp_path: Path) -> None:
     cfg = DataConfig(format="mask_folder", root=tmp_path, image_size=16, train={"images": "images"})
     x, _ = _load(cfg, task="segmentation", in_chans=1)[0]
     assert x.shape == (1, 16, 16) and abs(float(x.max()) - 30 * 256 / 65535) < 1e-3
+
+
+def test_stretch_percentiles_maps_the_percentiles_to_black_and_white() -> None:
+    ramp = np.arange(101, dtype=np.uint8).reshape(1, 101, 1) + 20  # 20..120: a dim image
+    out = stretch_percentiles(ramp, 10, 90)  # the 10th percentile is 30, the 90th 110
+    assert out.dtype == np.uint8
+    assert out[0, 10, 0] == 0 and out[0, 90, 0] == 255 and out[0, 50, 0] == 128
+    assert out[0, :10].max() == 0 and out[0, 91:].min() == 255  # clipped outside
+    deep = ramp.astype(np.float32) / 255  # a 16-bit image reads as float: it stays float, unquantised
+    stretched = stretch_percentiles(deep, 10, 90)
+    assert stretched.dtype == np.float32 and abs(float(stretched[0, 30, 0]) - 0.25) < 1e-5
+    # the channels share one stretch (colour kept); alpha is dropped; a flat image is black
+    rgba = np.stack([ramp[..., 0], ramp[..., 0] // 2, ramp[..., 0] // 4, np.full_like(ramp[..., 0], 255)], -1)
+    colour = stretch_percentiles(rgba, 0, 100)
+    assert colour.shape == (1, 101, 3) and colour[0, -1, 0] == 255 and colour[0, -1, 2] < colour[0, -1, 1] < 255
+    assert not stretch_percentiles(np.full((4, 4, 3), 77, np.uint8), 1, 99.8).any()
+    with pytest.raises(ValueError, match=r"percentiles \(50, 10\) must satisfy 0 <= low < high <= 100"):
+        stretch_percentiles(ramp, 50, 10)
+
+
+def test_intensity_percentiles_reach_training_and_evaluation(tmp_path: Path) -> None:
+    dim = np.tile((np.arange(48, dtype=np.uint8) // 2)[None, :, None], (32, 1, 3))  # a dark acquisition: 0..23
+    write_mask_folder(tmp_path, {"x": (dim, np.zeros((32, 48), np.uint8))}, {"train": ["x"]})
+    plain = DataConfig(format="mask_folder", root=tmp_path, image_size=(32, 48))
+    stretched = plain.model_copy(update={"intensity_percentiles": (1.0, 99.8)})
+    assert abs(float(_load(plain, task="segmentation")[0][0].max()) - 23 / 255) < 1e-6
+    for train in (False, True):
+        ds = build_dataset(stretched, "train", task="segmentation", train=train, mean=MEAN, std=STD)
+        x = ds[0][0]
+        assert float(x.max()) == 1.0 and float(x.min()) == 0.0
+    with pytest.raises(ValueError, match=r"intensity_percentiles \[99.0, 1.0\] must be \[low, high\]"):
+        DataConfig(format="mask_folder", root=tmp_path, intensity_percentiles=(99, 1))
 
 
 def test_read_mask_rejects_colour_masks(tmp_path: Path) -> None:

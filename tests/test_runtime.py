@@ -74,7 +74,7 @@ def _info(**changes: object) -> ModelInfo:
 
 
 def test_metadata_round_trips_and_is_described() -> None:
-    info = _info(window=[40.0, 400.0], batch=None, levels=["C2"], bn_folded=True)
+    info = _info(window=[40.0, 400.0], intensity_percentiles=[1.0, 99.8], batch=None, levels=["C2"], bn_folded=True)
     props = info.to_metadata()
     assert all(isinstance(v, str) for v in props.values())
     assert props["classes"] == '["background", "cell"]' and props["task"] == "segmentation"
@@ -85,6 +85,32 @@ def test_metadata_round_trips_and_is_described() -> None:
     doc = (REPO_ROOT / "docs" / "export.md").read_text()
     missing = [k.name for k in METADATA_KEYS if f"`{k.name}`" not in doc]
     assert not missing, f"docs/export.md does not describe {missing}"
+
+
+def test_metadata_written_before_a_key_was_added_still_reads() -> None:
+    props = _info().to_metadata()
+    del props["intensity_percentiles"]  # files exported before the key existed
+    assert ModelInfo.from_metadata(props, source="m.onnx").intensity_percentiles is None
+    del props["window"]  # a key of the first files stays required
+    with pytest.raises(ValueError, match=r"metadata key 'window' is missing"):
+        ModelInfo.from_metadata(props, source="m.onnx")
+
+
+def test_predict_reads_images_as_the_recipe_trained_on_them(tmp_path: Path) -> None:
+    """A recipe's contrast stretch travels in the model's info to predict (and to exported files)."""
+    from resbackbone import create_backbone
+    from resbackbone.engine.predict import model_info
+    from resbackbone.recipes import load_recipe
+    from resbackbone.runtime.predict import _read
+
+    recipe = load_recipe(REPO_ROOT / "recipes" / "quickstart.yaml", overrides=["data.intensity_percentiles=[0, 100]"])
+    info = model_info(recipe, ["background", "cell"], create_backbone("resnet18"), source="m.pt")
+    assert info.intensity_percentiles == [0.0, 100.0]
+    dim = save(tmp_path / "dim.png", np.tile(np.arange(40, dtype=np.uint8)[None, :, None], (8, 1, 3)))
+    pixels = _read(dim, info)
+    assert pixels.min() == 0 and pixels.max() == 255
+    assert _read(dim, ModelInfo.from_metadata(info.to_metadata(), source="m.onnx")).max() == 255
+    assert _read(dim, _info()).max() == 39
 
 
 def test_metadata_of_another_file_is_refused() -> None:

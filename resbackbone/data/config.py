@@ -73,6 +73,11 @@ class DataConfig(BaseModel):
         allow_outside_root: Accept image paths in annotation files that point
             outside the dataset root (refused by default).
         window: DICOM only: ``[center, width]`` overriding the files' window.
+        intensity_percentiles: ``[low, high]``: each image's contrast is stretched so that
+            these percentiles of its pixels become black and white, in training,
+            evaluation and prediction alike (microscopy's normalisation: ``[1, 99.8]`` in
+            CSBDeep/StarDist), so that dim and bright acquisitions look alike to the model.
+            ``null`` reads pixels as they are.
         train_fraction: Train on this fraction of the training images (0 < f <= 1,
             rounded up to whole images), the rest left unlabelled: a label-efficiency
             run. Subsets are nested: for one ``subset_seed`` the 10% subset lies
@@ -99,6 +104,7 @@ class DataConfig(BaseModel):
     ignore_index: int = 255
     allow_outside_root: bool = False
     window: tuple[float, float] | None = None
+    intensity_percentiles: tuple[float, float] | None = None
     train_fraction: float | None = Field(default=None, gt=0, le=1)
     train_count: int | None = Field(default=None, ge=1)
     subset_seed: int = 0
@@ -136,6 +142,16 @@ class DataConfig(BaseModel):
     def _check_window(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
         if value is not None and value[1] <= 0:
             raise ValueError(f"window {list(value)} has width {value[1]}; expected [center, width] with width > 0")
+        return value
+
+    @field_validator("intensity_percentiles")
+    @classmethod
+    def _check_percentiles(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 <= value[0] < value[1] <= 100:
+            raise ValueError(
+                f"intensity_percentiles {list(value)} must be [low, high] with 0 <= low < high <= 100, "
+                "e.g. [1, 99.8]; null to read pixels as they are"
+            )
         return value
 
     @model_validator(mode="after")

@@ -72,6 +72,7 @@ class _Base(Dataset):
         std: tuple[float, ...],
         in_chans: int,
         window: tuple[float, float] | None,
+        percentiles: tuple[float, float] | None = None,
         train: bool,
         classes: list[str],
         native: bool = False,
@@ -82,6 +83,7 @@ class _Base(Dataset):
         self.std = np.asarray(std, dtype=np.float32)
         self.in_chans = in_chans
         self.window = window
+        self.percentiles = percentiles
         self.train = train
         self.classes = classes
         self.native = native
@@ -99,6 +101,9 @@ class _Base(Dataset):
         if self.train:
             self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
 
+    def _read(self, path: Path) -> np.ndarray:
+        return read_image(path, in_chans=self.in_chans, window=self.window, percentiles=self.percentiles)
+
     def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
         return image_to_tensor(image, self.mean, self.std)
 
@@ -113,7 +118,7 @@ class DetectionDataset(_Base):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         rec: DetectionRecord = self.records[index]
-        image = read_image(rec.image, in_chans=self.in_chans, window=self.window)
+        image = self._read(rec.image)
         h, w = image.shape[:2]
         boxes = rec.boxes.astype(np.float64)
         if rec.normalized:
@@ -175,7 +180,7 @@ class SegmentationDataset(_Base):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         rec: SegmentationRecord = self.records[index]
-        image = read_image(rec.image, in_chans=self.in_chans, window=self.window)
+        image = self._read(rec.image)
         mask = self.load_mask(rec, image.shape[:2])
         self._reseed()
         if self.native:
@@ -258,6 +263,7 @@ def build_dataset(
         "std": tuple(std),
         "in_chans": in_chans,
         "window": cfg.window,
+        "percentiles": cfg.intensity_percentiles,
         "train": train,
         "classes": names,
         "native": native,

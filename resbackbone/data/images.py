@@ -3,7 +3,9 @@
 Images come back as ``(H, W, C)`` arrays, ``uint8`` for 8-bit files and
 ``float32`` in [0, 1] for deeper ones (16-bit scaled by 65535, DICOM through
 its window), with ``C == in_chans``: grayscale is replicated to 3 channels,
-RGBA loses its alpha, RGB becomes luminance for ``in_chans=1``. Every failure
+RGBA loses its alpha, RGB becomes luminance for ``in_chans=1``. A recipe's
+``data.intensity_percentiles`` stretches each image's own contrast first
+(:func:`stretch_percentiles`), as microscopy pipelines do. Every failure
 (missing, empty, truncated or non-image file) is a :class:`DataError` naming
 the file.
 """
@@ -23,11 +25,13 @@ __all__ = [
     "probe_image",
     "read_image",
     "read_mask",
+    "stretch_percentiles",
     "to_channels",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm")
 _MEDICAL_HINT = "pip install 'resbackbone[medical]'"
+_PERCENTILE_SAMPLE = 1 << 18  # pixels the percentiles are estimated from (an even grid over larger images)
 
 
 def _open_checked(path: Path):  # type: ignore[no-untyped-def]
@@ -187,13 +191,21 @@ def to_channels(arr: np.ndarray, in_chans: int, path: str | Path = "") -> np.nda
     raise DataError(f"{path}: image has {c} channels, the model expects in_chans={in_chans}", path)
 
 
-def read_image(path: str | Path, *, in_chans: int = 3, window: tuple[float, float] | None = None) -> np.ndarray:
+def read_image(
+    path: str | Path,
+    *,
+    in_chans: int = 3,
+    window: tuple[float, float] | None = None,
+    percentiles: tuple[float, float] | None = None,
+) -> np.ndarray:
     """Read an image as ``(H, W, in_chans)``, uint8 (8-bit files) or float32 in [0, 1].
 
     Args:
         path: Image file.
         in_chans: Channels the model expects.
         window: DICOM ``(center, width)`` override.
+        percentiles: ``(low, high)``: stretch the image's contrast so that these
+            percentiles of its pixels become black and white (:func:`stretch_percentiles`).
 
     Returns:
         The image array.
@@ -206,7 +218,47 @@ def read_image(path: str | Path, *, in_chans: int = 3, window: tuple[float, floa
         (256, 320, 3)
     """
     arr, _ = decode_image(path, window=window)
+    if percentiles is not None:
+        arr = stretch_percentiles(arr, *percentiles)
     return to_channels(arr, in_chans, path)
+
+
+def stretch_percentiles(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Per-image contrast stretch: the ``low`` and ``high`` percentiles of the pixels map to 0 and 1.
+
+    The normalisation of microscopy pipelines (CSBDeep and StarDist use 1 and 99.8,
+    Cellpose 1 and 99): a dim fluorescence image and a bright one reach the model
+    with the same contrast. The percentiles are taken over all colour channels
+    together (colour balance is kept; an alpha channel is dropped first) and
+    estimated on an even grid of at most 2**18 pixels; values outside are clipped.
+    A flat image (both percentiles equal) becomes black.
+
+    Args:
+        image: ``(H, W, C)`` uint8, or float in [0, 1].
+        low: Lower percentile, in [0, 100).
+        high: Upper percentile, in (low, 100].
+
+    Returns:
+        The image in the same dtype: uint8 for uint8 input, float32 in [0, 1] otherwise.
+
+    Example:
+        >>> dim = np.array([[[10], [20]], [[30], [40]]], np.uint8)
+        >>> stretch_percentiles(dim, 0, 100)[..., 0]
+        array([[  0,  85],
+               [170, 255]], dtype=uint8)
+    """
+    if not 0.0 <= low < high <= 100.0:
+        raise ValueError(f"percentiles ({low}, {high}) must satisfy 0 <= low < high <= 100, e.g. (1, 99.8)")
+    if image.shape[-1] in (2, 4):  # alpha carries no intensity
+        image = image[..., :-1]
+    h, w = image.shape[:2]
+    step = max(1, int(np.ceil(np.sqrt(h * w / _PERCENTILE_SAMPLE))))
+    lo, hi = np.percentile(image[::step, ::step], (low, high))
+    scale = 1.0 / (hi - lo) if hi > lo else 0.0
+    out = np.clip((image.astype(np.float32) - np.float32(lo)) * np.float32(scale), 0.0, 1.0)
+    if image.dtype == np.uint8:
+        return np.rint(out * 255.0).astype(np.uint8)
+    return out
 
 
 def read_mask(path: str | Path) -> np.ndarray:

@@ -52,6 +52,7 @@ def model_info(recipe: Recipe, classes: list[str], backbone: Backbone, *, source
         image_size=list(recipe.data.size_hw),
         resize=recipe.data.resize,
         window=list(recipe.data.window) if recipe.data.window else None,
+        intensity_percentiles=list(recipe.data.intensity_percentiles) if recipe.data.intensity_percentiles else None,
         output="detections" if recipe.task == "detection" else "logits",
         score_thresh=recipe.model.score_thresh if recipe.task == "detection" else None,
         source=source,

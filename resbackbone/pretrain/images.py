@@ -38,6 +38,7 @@ class ImageSet:
     Attributes:
         paths: Image files, in source order, each once.
         windows: The DICOM window of each image's source (``data.window`` of a recipe), or ``None``.
+        percentiles: The contrast stretch of each image's source (``data.intensity_percentiles``), or ``None``.
         sources: Per source: ``{"source": description, "images": count}``.
         skipped: Reason → files skipped for it.
         channels: Channels (as decoded) → number of images.
@@ -45,6 +46,7 @@ class ImageSet:
 
     paths: list[Path] = field(default_factory=list)
     windows: list[tuple[float, float] | None] = field(default_factory=list)
+    percentiles: list[tuple[float, float] | None] = field(default_factory=list)
     sources: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, list[Path]] = field(default_factory=lambda: defaultdict(list))
     channels: Counter[int] = field(default_factory=Counter)
@@ -85,7 +87,7 @@ def _recipe_files(where: str, source: ImageSource, in_chans: int) -> tuple[list[
         )
     except ValueError as exc:
         raise ValueError(f"{where}: {source.describe()}: {exc}") from exc
-    return list(dataset.paths), recipe.data.window
+    return list(dataset.paths), recipe.data.window, recipe.data.intensity_percentiles
 
 
 def collect_images(sources: list[ImageSource], *, in_chans: int) -> ImageSet:
@@ -110,9 +112,9 @@ def collect_images(sources: list[ImageSource], *, in_chans: int) -> ImageSet:
         where = f"pretrain.images[{i}]"
         skipped: dict[str, list[Path]] = defaultdict(list)
         if source.folder is not None:
-            files, window = _folder_files(where, source.folder), None
+            files, window, percentiles = _folder_files(where, source.folder), None, None
         else:
-            files, window = _recipe_files(where, source, in_chans)
+            files, window, percentiles = _recipe_files(where, source, in_chans)
         count = 0
         for path in files:
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -129,6 +131,7 @@ def collect_images(sources: list[ImageSource], *, in_chans: int) -> ImageSet:
             seen.add(key)
             found.paths.append(path)
             found.windows.append(window)
+            found.percentiles.append(percentiles)
             found.channels[channels] += 1
             examples.setdefault(channels, path)
             count += 1
@@ -222,7 +225,12 @@ class UnlabeledImages(Dataset):
         return self.images.paths
 
     def _read(self, index: int) -> np.ndarray:
-        image = read_image(self.images.paths[index], in_chans=self.in_chans, window=self.images.windows[index])
+        image = read_image(
+            self.images.paths[index],
+            in_chans=self.in_chans,
+            window=self.images.windows[index],
+            percentiles=self.images.percentiles[index],
+        )
         return _resize_longer(image, self.resize)
 
     def image(self, index: int) -> np.ndarray:

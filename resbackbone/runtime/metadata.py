@@ -49,6 +49,8 @@ class ModelInfo:
         resize: How images are brought to ``image_size``: ``"letterbox"`` (keep the aspect ratio,
             pad bottom/right with 0) or ``"stretch"``.
         window: DICOM ``[center, width]`` the recipe read its images with, or ``None``.
+        intensity_percentiles: ``[low, high]``: each image's contrast is stretched between these
+            percentiles of its pixels before the graph (the recipe's ``data.intensity_percentiles``), or ``None``.
         output: ``"features"`` (C2–C5), ``"logits"``, ``"class_map"`` or ``"detections"``.
         output_names: The graph's output names, in order.
         input_name: The graph's input name.
@@ -78,6 +80,7 @@ class ModelInfo:
     image_size: list[int] | None = None
     resize: str = "letterbox"
     window: list[float] | None = None
+    intensity_percentiles: list[float] | None = None
     output: str = "logits"
     output_names: list[str] = field(default_factory=list)
     input_name: str = "image"
@@ -140,6 +143,8 @@ class ModelInfo:
         kinds = {key.name: key.kind for key in METADATA_KEYS}
         values: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name not in props and f.name in _ADDED_KEYS:  # exported before the key existed
+                continue
             if f.name not in props:
                 raise ValueError(f"{source}: metadata key {f.name!r} is missing; export the model again.")
             text = props[f.name]
@@ -151,6 +156,9 @@ class ModelInfo:
                 ) from None
         return cls(**values)
 
+
+# Keys added to format 1 after its first files: absent in those, they take their default (nothing to apply).
+_ADDED_KEYS = frozenset({"intensity_percentiles"})
 
 METADATA_KEYS: tuple[MetadataKey, ...] = (
     MetadataKey("resbackbone_format", int, "marks a file resbackbone exported; the version of this key set (1)"),
@@ -165,6 +173,8 @@ METADATA_KEYS: tuple[MetadataKey, ...] = (
     MetadataKey("image_size", list, "[height, width] the model was trained and evaluated at (`null` for a backbone)"),
     MetadataKey("resize", str, "how predict brings images to image_size: `letterbox` or `stretch`"),
     MetadataKey("window", list, "DICOM [center, width] the recipe read images with, or null"),
+    MetadataKey("intensity_percentiles", list, "[low, high] percentiles each image's contrast is stretched "
+                "between before the graph (0 and 1 at those percentiles of its pixels), or null"),
     MetadataKey("output", str, "`features`, `logits`, `class_map` or `detections`"),
     MetadataKey("output_names", list, "the graph's outputs, in order"),
     MetadataKey("input_name", str, "the graph's input"),

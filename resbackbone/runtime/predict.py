@@ -170,7 +170,8 @@ def _read(path: Path, info: ModelInfo) -> np.ndarray:
     from ..data.images import read_image
 
     window = tuple(info.window) if info.window else None
-    return read_image(path, in_chans=info.in_chans, window=window)  # type: ignore[arg-type]
+    percentiles = tuple(info.intensity_percentiles) if info.intensity_percentiles else None
+    return read_image(path, in_chans=info.in_chans, window=window, percentiles=percentiles)  # type: ignore[arg-type]
 
 
 def predict_images(
