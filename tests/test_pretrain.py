@@ -180,11 +180,14 @@ def test_images_from_the_train_splits_of_recipes(tmp_path: Path) -> None:
         tmp_path,
         f"pretrain.images=[{{recipe: {REPO_ROOT / 'recipes/bccd_faster_rcnn_cpu.yaml'}, root: {root(voc)}, "
         "overrides: ['data.classes=[a, b]']}, "
-        f"{{recipe: {REPO_ROOT / 'recipes/dsb2018_deeplabv3plus_cpu.yaml'}, root: {root(masks)}, split: train}}]",
+        f"{{recipe: {REPO_ROOT / 'recipes/dsb2018_deeplabv3plus_cpu.yaml'}, root: {root(masks)}, split: train, "
+        "overrides: ['data.intensity_percentiles=[2, 98]']}]",
     )
     found = collect_images(recipe.pretrain.images, in_chans=3)
     assert [s["images"] for s in found.sources] == [4, 4] and len(found.paths) == 8
     assert all("train" in p.name for p in found.paths)
+    # each source's images are read as its recipe reads them: a contrast stretch travels with them
+    assert found.percentiles == [None] * 4 + [(2.0, 98.0)] * 4
 
 
 def test_a_test_split_is_never_a_pretraining_source(tmp_path: Path) -> None:
