@@ -96,6 +96,34 @@ def test_segmentation_flip_keeps_mask_aligned(tmp_path: Path) -> None:
     assert iou > 0.85  # edges are interpolated in the image, nearest in the mask
 
 
+def _centre(weights: np.ndarray) -> np.ndarray:
+    ys, xs = np.mgrid[: weights.shape[0], : weights.shape[1]]
+    return np.array([(ys * weights).sum(), (xs * weights).sum()]) / weights.sum()
+
+
+@pytest.mark.parametrize(
+    ("resize", "augment"),
+    [
+        ("letterbox", []),  # 1.84x up
+        ("stretch", []),
+        ("letterbox", [{"name": "RandomScale", "scale_limit": [-0.3, -0.3], "p": 1.0}]),  # then 0.7x down
+        ("letterbox", [{"name": "RandomResizedCrop", "size": [96, 128], "scale": [0.5, 0.5], "p": 1.0}]),
+    ],
+)
+def test_resized_masks_stay_on_their_pixels(resize: str, augment: list[dict[str, object]]) -> None:
+    """A mask is resized to the same pixels as its image: cv2's INTER_NEAREST (albumentations' default)
+    moved it about half a pixel down and right at every scale."""
+    ys, xs = np.mgrid[:100, :120]
+    blob = np.exp(-((ys - 40.3) ** 2 + (xs - 60.7) ** 2) / 200)
+    image = np.repeat((blob * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+    mask = (blob > 0.5).astype(np.uint8)
+    cfg = DataConfig(format="shapes", image_size=(184, 221), resize=resize, augment=augment)
+    out = build_transforms(cfg, task="segmentation", train=True, mask_fill=0)(image=image, mask=mask)
+    seen = out["image"][..., 0].astype(np.float64) / 255
+    drawn = (seen > 0.5).astype(np.float64)  # the mask the image's own pixels give
+    assert np.abs(_centre(out["mask"].astype(np.float64)) - _centre(drawn)).max() < 0.15
+
+
 def test_eval_is_deterministic_and_pads_with_ignore_index(tmp_path: Path) -> None:
     mask = np.zeros((20, 40), np.uint8)
     write_mask_folder(tmp_path, {"a": (picture(20, 40), mask)}, {"val": ["a"]})

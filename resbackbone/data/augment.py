@@ -5,6 +5,12 @@ arguments of that class); ``OneOf`` and other compositions take a nested
 ``transforms:`` list. Unknown names and arguments are errors with close
 matches; normalisation and tensor conversion are refused, since the loader
 adds them from the backbone's weights.
+
+Transforms that resize (``RandomScale``, ``RandomResizedCrop``…) resize masks
+with OpenCV's ``INTER_NEAREST_EXACT`` unless the item names its own
+``mask_interpolation``: ``INTER_NEAREST``, albumentations' default, samples
+without pixel centres and moves the mask by up to half a pixel against the
+bilinearly resized image (down and right, at any scale).
 """
 
 from __future__ import annotations
@@ -16,10 +22,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import albumentations as A
 
-__all__ = ["validate_augment"]
+__all__ = ["RESIZING", "mask_resize_interpolation", "validate_augment"]
 
 # Normalisation and tensor conversion come from the backbone's weights and the loader.
 _FORBIDDEN = {"Normalize", "ToTensorV2", "ToFloat", "FromFloat"}
+# Transforms whose masks go through cv2.resize (warps map pixels alike for image and mask, and keep the default)
+RESIZING = {
+    "Resize", "LongestMaxSize", "SmallestMaxSize", "RandomScale", "RandomResizedCrop", "RandomSizedCrop",
+    "RandomSizedBBoxSafeCrop", "CropAndPad",
+}  # fmt: skip
 _ABSTRACT = {"BasicTransform", "DualTransform", "ImageOnlyTransform", "BaseCompose", "Transform3D"}
 
 
@@ -82,6 +93,8 @@ def _build_one(spec: Any, where: str) -> A.BasicTransform | A.BaseCompose:
                     f"{where}: {name} has no argument {key!r}. Close matches: {_close(key, accepted)}. "
                     f"Its arguments: {', '.join(accepted)}."
                 )
+    if name in RESIZING:
+        kwargs.setdefault("mask_interpolation", mask_resize_interpolation())
     if issubclass(cls, A.BaseCompose):
         children = kwargs.get("transforms")
         if not isinstance(children, list) or not children:
@@ -91,6 +104,13 @@ def _build_one(spec: Any, where: str) -> A.BasicTransform | A.BaseCompose:
         return cls(**kwargs)
     except Exception as exc:  # albumentations validates its arguments with pydantic
         raise ValueError(f"{where}: {name}({_fmt(kwargs)}) is invalid: {exc}") from None
+
+
+def mask_resize_interpolation() -> int:
+    """OpenCV's nearest neighbour with pixel centres, as bilinear resizing of the image samples them."""
+    import cv2
+
+    return cv2.INTER_NEAREST_EXACT
 
 
 def _fmt(kwargs: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .augment import validate_augment
+from .augment import mask_resize_interpolation, validate_augment
 from .config import DataConfig
 
 if TYPE_CHECKING:
@@ -59,10 +59,11 @@ def build_transforms(cfg: DataConfig, *, task: str, train: bool, mask_fill: int 
     import cv2
 
     h, w = cfg.size_hw
+    nearest = mask_resize_interpolation()
     if cfg.resize == "stretch":
-        steps: list[Any] = [A.Resize(height=h, width=w)]
+        steps: list[Any] = [A.Resize(height=h, width=w, mask_interpolation=nearest)]
     else:
-        steps = [A.LongestMaxSize(max_size_hw=(h, w))]
+        steps = [A.LongestMaxSize(max_size_hw=(h, w), mask_interpolation=nearest)]
     if train and not pad:
         raise ValueError("build_transforms(pad=False) is for evaluation; training crops need train=True, pad=True")
     if not pad:
