@@ -238,11 +238,17 @@ def test_stretch_percentiles_maps_the_percentiles_to_black_and_white() -> None:
     deep = ramp.astype(np.float32) / 255  # a 16-bit image reads as float: it stays float, unquantised
     stretched = stretch_percentiles(deep, 10, 90)
     assert stretched.dtype == np.float32 and abs(float(stretched[0, 30, 0]) - 0.25) < 1e-5
-    # the channels share one stretch (colour kept); alpha is dropped; a flat image is black
-    rgba = np.stack([ramp[..., 0], ramp[..., 0] // 2, ramp[..., 0] // 4, np.full_like(ramp[..., 0], 255)], -1)
+    # the channels share one stretch (colour kept); alpha neither counts nor changes; a flat image is black
+    alpha = np.full_like(ramp[..., 0], 200)
+    rgba = np.stack([ramp[..., 0], ramp[..., 0] // 2, ramp[..., 0] // 4, alpha], -1)
     colour = stretch_percentiles(rgba, 0, 100)
-    assert colour.shape == (1, 101, 3) and colour[0, -1, 0] == 255 and colour[0, -1, 2] < colour[0, -1, 1] < 255
+    assert colour.shape == (1, 101, 4) and np.array_equal(colour[..., 3], alpha)
+    assert colour[0, -1, 0] == 255 and colour[0, -1, 2] < colour[0, -1, 1] < 255
     assert not stretch_percentiles(np.full((4, 4, 3), 77, np.uint8), 1, 99.8).any()
+    holed = deep.copy()
+    holed[0, 0, 0] = np.nan  # a NaN pixel neither spoils the percentiles nor survives
+    patched = stretch_percentiles(holed, 10, 90)
+    assert patched[0, 0, 0] == 0 and abs(float(patched[0, 30, 0]) - 0.25) < 0.02
     with pytest.raises(ValueError, match=r"percentiles \(50, 10\) must satisfy 0 <= low < high <= 100"):
         stretch_percentiles(ramp, 50, 10)
 

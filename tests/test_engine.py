@@ -135,8 +135,8 @@ def test_freeze_then_unfreeze_and_discriminative_lr(tmp_path: Path, session_cach
 def test_bf16_amp_ema_accumulation_and_clipping(tmp_path: Path, session_cache: Path) -> None:
     """Three updates of two batches each under bf16 autocast: every update's gradient is clipped to
     ``optim.clip_grad``, and the EMA in ``last.pt`` is the exponential average of the weights after each
-    update (timm's ModelEmaV3 copies the weights at update 1, then decays by ``1 - (1 + k) ** -2/3`` at the
-    k-th update after it, capped at ``optim.ema``: the warm-up)."""
+    update (timm's ModelEmaV3 copies the weights at update 1, then decays by ``1 - k ** (-2/3)`` at update
+    k, capped at ``optim.ema``: the warm-up)."""
     clip, decay, steps = 1e-3, 0.9, 3
     trainer = Trainer(
         _shapes_recipe(

@@ -89,6 +89,8 @@ def test_metadata_round_trips_and_is_described() -> None:
 
 def test_metadata_written_before_a_key_was_added_still_reads() -> None:
     props = _info().to_metadata()
+    assert props["resbackbone_format"] == "1"  # nothing in it needs version 2: older releases still read it
+    assert _info(intensity_percentiles=[1.0, 99.8]).to_metadata()["resbackbone_format"] == "2"
     del props["intensity_percentiles"]  # files exported before the key existed
     assert ModelInfo.from_metadata(props, source="m.onnx").intensity_percentiles is None
     del props["window"]  # a key of the first files stays required
@@ -119,7 +121,7 @@ def test_metadata_of_another_file_is_refused() -> None:
     props = _info().to_metadata()
     with pytest.raises(ValueError, match=r"m\.onnx: metadata key 'in_chans' holds 'three', not a int in JSON"):
         ModelInfo.from_metadata(props | {"in_chans": "three"}, source="m.onnx")
-    with pytest.raises(ValueError, match=r"resbackbone_format 9; this resbackbone reads 1"):
+    with pytest.raises(ValueError, match=r"resbackbone_format 9; this resbackbone reads 1, 2\. Upgrade"):
         ModelInfo.from_metadata(props | {"resbackbone_format": "9"}, source="m.onnx")
 
 

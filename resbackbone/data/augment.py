@@ -29,7 +29,7 @@ _FORBIDDEN = {"Normalize", "ToTensorV2", "ToFloat", "FromFloat"}
 # Transforms whose masks go through cv2.resize (warps map pixels alike for image and mask, and keep the default)
 RESIZING = {
     "Resize", "LongestMaxSize", "SmallestMaxSize", "RandomScale", "RandomResizedCrop", "RandomSizedCrop",
-    "RandomSizedBBoxSafeCrop", "CropAndPad",
+    "RandomSizedBBoxSafeCrop", "CropAndPad", "Mosaic",
 }  # fmt: skip
 _ABSTRACT = {"BasicTransform", "DualTransform", "ImageOnlyTransform", "BaseCompose", "Transform3D"}
 

@@ -72,7 +72,7 @@ class _Base(Dataset):
         std: tuple[float, ...],
         in_chans: int,
         window: tuple[float, float] | None,
-        percentiles: tuple[float, float] | None = None,
+        percentiles: tuple[float, float] | None,
         train: bool,
         classes: list[str],
         native: bool = False,

@@ -229,9 +229,10 @@ def stretch_percentiles(image: np.ndarray, low: float, high: float) -> np.ndarra
     The normalisation of microscopy pipelines (CSBDeep and StarDist use 1 and 99.8,
     Cellpose 1 and 99): a dim fluorescence image and a bright one reach the model
     with the same contrast. The percentiles are taken over all colour channels
-    together (colour balance is kept; an alpha channel is dropped first) and
-    estimated on an even grid of at most 2**18 pixels; values outside are clipped.
-    A flat image (both percentiles equal) becomes black.
+    together (colour balance is kept; an alpha channel is left as it is and does
+    not count) and estimated on an even grid of at most 2**18 pixels, NaN pixels
+    left out; values outside are clipped, NaN becomes 0. A flat image (both
+    percentiles equal) becomes black. DICOM is stretched after its window.
 
     Args:
         image: ``(H, W, C)`` uint8, or float in [0, 1].
@@ -249,15 +250,19 @@ def stretch_percentiles(image: np.ndarray, low: float, high: float) -> np.ndarra
     """
     if not 0.0 <= low < high <= 100.0:
         raise ValueError(f"percentiles ({low}, {high}) must satisfy 0 <= low < high <= 100, e.g. (1, 99.8)")
-    if image.shape[-1] in (2, 4):  # alpha carries no intensity
-        image = image[..., :-1]
+    if image.ndim != 3:
+        raise ValueError(f"stretch_percentiles takes an (H, W, C) image; got shape {image.shape}")
+    colour = image[..., :-1] if image.shape[-1] in (2, 4) else image  # alpha carries no intensity
     h, w = image.shape[:2]
     step = max(1, int(np.ceil(np.sqrt(h * w / _PERCENTILE_SAMPLE))))
-    lo, hi = np.percentile(image[::step, ::step], (low, high))
+    sample = colour[::step, ::step].astype(np.float32).ravel()
+    sample = sample[~np.isnan(sample)]
+    lo, hi = np.percentile(sample, (low, high)) if sample.size else (0.0, 0.0)
     scale = 1.0 / (hi - lo) if hi > lo else 0.0
-    out = np.clip((image.astype(np.float32) - np.float32(lo)) * np.float32(scale), 0.0, 1.0)
-    if image.dtype == np.uint8:
-        return np.rint(out * 255.0).astype(np.uint8)
+    out = np.nan_to_num(np.clip((colour.astype(np.float32) - np.float32(lo)) * np.float32(scale), 0.0, 1.0))
+    out = np.rint(out * 255.0).astype(np.uint8) if image.dtype == np.uint8 else out
+    if colour is not image:  # the alpha channel back, untouched
+        out = np.concatenate([out, image[..., -1:].astype(out.dtype)], axis=-1)
     return out
 
 

@@ -115,7 +115,7 @@ class Trainer(CheckpointedRun):
         self.optimizer = build_optimizer(model, self.backbone, optim)
         self.scheduler = build_scheduler(self.optimizer, optim, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
-        # warm-up: the decay grows as 1 - (1 + k)**(-2/3) over the k-th update until it reaches optim.ema, so
+        # warm-up: the decay at the k-th update is 1 - k**(-2/3) until it reaches optim.ema (update 1 copies), so
         # the first, untrained weights do not linger (at a fixed 0.99, 7 % of update 1 is left after 270 steps)
         self.ema = ModelEmaV3(model, decay=optim.ema, use_warmup=True) if optim.ema else None
         self.compiled = compile_for_training(model, self.task) if recipe.run.compile else []

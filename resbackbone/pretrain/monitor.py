@@ -104,7 +104,7 @@ def _hypercolumns(backbone: nn.Module, images: Tensor, device: torch.device, bat
 def _pixels(features: Tensor, labels: Tensor, limit: int, seed: int) -> tuple[Tensor, Tensor]:
     """Pixel features and their labels (nearest label at stride 8), ignored pixels dropped, at most ``limit``."""
     h, w = features.shape[1:3]
-    small = F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
+    small = F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest-exact")[:, 0].long()  # cell centres
     x, y = features.reshape(-1, features.shape[-1]), small.reshape(-1)
     keep = y != _IGNORE
     x, y = x[keep], y[keep]

@@ -166,7 +166,7 @@ class OptimConfig(_Section):
             ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with a gradient scaler).
         ema: Decay of an exponential moving average of the weights, evaluated
             and saved as the model (e.g. 0.999); ``null`` for none. It is reached after a
-            warm-up (timm's: ``1 - (1 + k) ** -2/3`` at the k-th update, 0.99 after about 1000),
+            warm-up (timm's: ``1 - k ** (-2/3)`` at the k-th update, the first a copy; 0.99 after 1000),
             so that a short run's first weights do not weigh on its average.
     """
 

@@ -16,7 +16,11 @@ from typing import Any
 
 __all__ = ["FORMAT_VERSION", "METADATA_KEYS", "TASKS", "MetadataKey", "ModelInfo"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# The version that added each later key: a file of an earlier version lacks it and reads it as its default.
+# A file is written at the lowest version that holds what it needs, so a model without a contrast stretch
+# stays readable by releases that know only version 1, and one with it is refused by them, not misread.
+_ADDED_IN = {"intensity_percentiles": 2}
 """The ``resbackbone_format`` value this version writes and reads."""
 
 TASKS = ("backbone", "segmentation", "detection")
@@ -110,7 +114,8 @@ class ModelInfo:
     def to_metadata(self) -> dict[str, str]:
         """The ``metadata_props`` of an ONNX file: :data:`METADATA_KEYS`, values as strings."""
         values = asdict(self)
-        props = {"resbackbone_format": str(FORMAT_VERSION)}
+        version = max([_ADDED_IN[k] for k in _ADDED_IN if values[k] is not None], default=1)
+        props = {"resbackbone_format": str(version)}
         for key in METADATA_KEYS[1:]:
             value = values[key.name]
             props[key.name] = value if isinstance(value, str) else json.dumps(value)
@@ -135,15 +140,16 @@ class ModelInfo:
                 f"(keys: {sorted(props) or 'none'}). Export the model with `resbackbone export`, which records the "
                 "task, classes and preprocessing predict needs."
             )
-        if version != str(FORMAT_VERSION):
+        readable = [str(v) for v in range(1, FORMAT_VERSION + 1)]
+        if version not in readable:
             raise ValueError(
-                f"{source} has resbackbone_format {version}; this resbackbone reads {FORMAT_VERSION}. "
+                f"{source} has resbackbone_format {version}; this resbackbone reads {', '.join(readable)}. "
                 "Upgrade resbackbone, or export the model again with this version."
             )
         kinds = {key.name: key.kind for key in METADATA_KEYS}
         values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name not in props and f.name in _ADDED_KEYS:  # exported before the key existed
+            if f.name not in props and _ADDED_IN.get(f.name, 1) > int(version):  # written before the key existed
                 continue
             if f.name not in props:
                 raise ValueError(f"{source}: metadata key {f.name!r} is missing; export the model again.")
@@ -157,11 +163,9 @@ class ModelInfo:
         return cls(**values)
 
 
-# Keys added to format 1 after its first files: absent in those, they take their default (nothing to apply).
-_ADDED_KEYS = frozenset({"intensity_percentiles"})
-
 METADATA_KEYS: tuple[MetadataKey, ...] = (
-    MetadataKey("resbackbone_format", int, "marks a file resbackbone exported; the version of this key set (1)"),
+    MetadataKey("resbackbone_format", int, "marks a file resbackbone exported; the version of its key set (1, or 2 "
+                "when it needs `intensity_percentiles`)"),
     MetadataKey("task", str, "`backbone`, `segmentation` or `detection`"),
     MetadataKey("classes", list, "class names (JSON list): detection label k is classes[k-1], 0 the background; "
                 "segmentation class k is classes[k]"),

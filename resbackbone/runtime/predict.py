@@ -93,7 +93,11 @@ class PredictResult:
 
 def fitted_runner(backend: Backend, info: ModelInfo) -> Runner:
     """A runner that resizes and pads images to ``info.image_size`` as evaluation does, runs ``backend``
-    on them as one batch, and maps the results back to each image's pixels."""
+    on them as one batch, and maps the results back to each image's pixels.
+
+    It takes decoded images: read them as the model was trained on them, with
+    ``read_image(path, in_chans=info.in_chans, window=info.window, percentiles=info.intensity_percentiles)``.
+    """
     if info.image_size is None:
         raise ValueError(
             f"A {info.task} model without an image size cannot predict on files; export a detector or segmenter."
