@@ -38,7 +38,7 @@ from .formats.records import DetectionRecord, SegmentationRecord
 from .images import read_image
 from .index import class_names, index_split, prepare
 from .problems import DataError
-from .transforms import build_transforms
+from .transforms import build_transforms, reseed
 
 __all__ = ["DetectionDataset", "SegmentationDataset", "build_dataset", "detection_collate", "image_to_tensor"]
 
@@ -99,7 +99,7 @@ class _Base(Dataset):
 
     def _reseed(self) -> None:
         if self.train:
-            self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+            reseed(self.transform, int(torch.randint(0, 2**31 - 1, (1,)).item()))
 
     def _read(self, path: Path) -> np.ndarray:
         return read_image(path, in_chans=self.in_chans, window=self.window, percentiles=self.percentiles)

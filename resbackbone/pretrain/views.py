@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..data import image_to_tensor
+from ..data.transforms import reseed
 
 if TYPE_CHECKING:
     from .config import ViewsConfig
@@ -124,7 +125,7 @@ class MultiViews:
             return list(self.rgb(Image.fromarray(image)))
         views = []
         for transform in self.other:
-            transform.set_random_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+            reseed(transform, int(torch.randint(0, 2**31 - 1, (1,)).item()))
             views.append(image_to_tensor(transform(image=image)["image"], self.mean, self.std))
         return views
 
