@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import albumentations as A
 
-__all__ = ["RESIZING", "mask_resize_interpolation", "validate_augment"]
+__all__ = ["mask_resize_interpolation", "validate_augment"]
 
 # Normalisation and tensor conversion come from the backbone's weights and the loader.
 _FORBIDDEN = {"Normalize", "ToTensorV2", "ToFloat", "FromFloat"}
 # Transforms whose masks go through cv2.resize (warps map pixels alike for image and mask, and keep the default)
-RESIZING = {
+_RESIZING = {
     "Resize", "LongestMaxSize", "SmallestMaxSize", "RandomScale", "RandomResizedCrop", "RandomSizedCrop",
     "RandomSizedBBoxSafeCrop", "CropAndPad", "Mosaic",
 }  # fmt: skip
@@ -93,7 +93,7 @@ def _build_one(spec: Any, where: str) -> A.BasicTransform | A.BaseCompose:
                     f"{where}: {name} has no argument {key!r}. Close matches: {_close(key, accepted)}. "
                     f"Its arguments: {', '.join(accepted)}."
                 )
-    if name in RESIZING:
+    if name in _RESIZING:
         kwargs.setdefault("mask_interpolation", mask_resize_interpolation())
     if issubclass(cls, A.BaseCompose):
         children = kwargs.get("transforms")

@@ -17,11 +17,12 @@ from typing import Any
 __all__ = ["FORMAT_VERSION", "METADATA_KEYS", "TASKS", "MetadataKey", "ModelInfo"]
 
 FORMAT_VERSION = 2
+"""The newest ``resbackbone_format`` this version reads (1 and 2), and writes for a file that needs version 2."""
+
 # The version that added each later key: a file of an earlier version lacks it and reads it as its default.
 # A file is written at the lowest version that holds what it needs, so a model without a contrast stretch
 # stays readable by releases that know only version 1, and one with it is refused by them, not misread.
 _ADDED_IN = {"intensity_percentiles": 2}
-"""The ``resbackbone_format`` value this version writes and reads."""
 
 TASKS = ("backbone", "segmentation", "detection")
 
