@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from ..data import build_dataset
 from ..recipes import Recipe
 from ..tiling import wrap_detector, wrap_segmenter
-from .acceleration import autocast, resolve_amp
+from .acceleration import autocast, configure_malloc, resolve_amp
 from .builders import build_predictor, find_backbone, input_normalization
 from .checkpoint import load_model
 from .distributed import DistContext, pick_device
@@ -121,6 +121,7 @@ def evaluate_checkpoint(
         ValueError: The checkpoint's task differs from the recipe's, or it does not fit its model.
     """
     dev = pick_device(device)
+    configure_malloc(recipe.run.malloc)
     model, trained, classes = load_model(checkpoint, device=dev)
     if trained.task != recipe.task:
         raise ValueError(f"Checkpoint {checkpoint} is a {trained.task} model; recipe {recipe.name} is {recipe.task}.")

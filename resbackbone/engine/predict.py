@@ -30,6 +30,7 @@ from ..runtime import (
     predict_images,
 )
 from . import evaluate
+from .acceleration import configure_malloc
 from .builders import build_predictor, find_backbone, input_normalization
 from .checkpoint import load_model
 from .distributed import pick_device
@@ -160,6 +161,7 @@ def predict(
     """
     dev = pick_device(device)
     model, recipe, classes = load_model(checkpoint, device=dev)
+    configure_malloc(recipe.run.malloc)
     backbone = find_backbone(model)
     info = model_info(recipe, classes, backbone, source=str(checkpoint))
     if fast:

@@ -25,6 +25,7 @@ from ..recipes import Recipe
 from . import distributed
 from .acceleration import (
     compile_for_training,
+    configure_malloc,
     measure_training_memory_format,
     precision_text,
     prefer_channels_last,
@@ -85,6 +86,7 @@ class Trainer(CheckpointedRun):
         self.ctx = distributed.setup(recipe.run.device)
         self.device = self.ctx.device
         self.amp = resolve_amp(recipe.optim.amp, self.device)
+        self.malloc_reuse = configure_malloc(recipe.run.malloc)
         self.output = Path(output or recipe.run.output.format(name=recipe.name))
         self.progress = progress and self.ctx.is_main
         self.task = recipe.task
@@ -341,6 +343,7 @@ class Trainer(CheckpointedRun):
             "amp": self.amp,
             "channels_last": self.channels_last,
             "compiled": self.compiled,
+            "malloc_reuse": self.malloc_reuse,
             "train_images": _train_images(self.train_set),
             "ranks_in_sync": self.ranks_in_sync(),
         }
@@ -351,14 +354,18 @@ class Trainer(CheckpointedRun):
         return summary
 
     def _speed_line(self) -> str:
-        """What ``optim.amp``, ``run.channels_last`` and ``run.compile`` came to, for the start line."""
+        """What ``optim.amp``, ``run.channels_last``, ``run.compile`` and ``run.malloc`` came to, for the start line."""
         run = self.recipe.run
         amp = precision_text(self.recipe.optim.amp, self.amp, self.device)
         layout = "channels-last" if self.channels_last else "contiguous"
         if self.memory_format_timings:
             ms = {k: f"{v * 1e3:.0f} ms" for k, v in self.memory_format_timings.items()}
             layout += f" (measured: channels-last {ms['channels_last']}, contiguous {ms['contiguous']} a step)"
-        return f"{amp}, {layout}" + (", compiled" if run.compile else "")
+        return (
+            f"{amp}, {layout}"
+            + (", compiled" if run.compile else "")
+            + (", freed buffers kept for reuse" if self.malloc_reuse else "")
+        )
 
     def _artifacts(self) -> RunArtifacts:
         """What the end-of-run report draws from (see :func:`~resbackbone.engine.report.finish_run`)."""
