@@ -10,6 +10,7 @@ import pytest
 
 from resbackbone.data import DataConfig, build_dataset, subset_indices, take_train_subset
 from resbackbone.engine import Trainer
+from resbackbone.engine.checkpoint import load_checkpoint
 from resbackbone.recipes import RecipeError, load_recipe
 
 from .conftest import REPO_ROOT
@@ -115,3 +116,39 @@ def test_the_run_trains_on_the_subset_and_records_it(tmp_path: Path, session_cac
     recorded = summary["train_images"]
     assert recorded["images"] == 2 and recorded["of"] == 4 and recorded["fraction"] == 0.5 and recorded["seed"] == 2
     assert sorted(recorded["paths"]) == sorted(map(str, trainer.train_set.paths))
+
+
+def test_train_on_val_trains_on_both_splits_and_needs_a_val_split(tmp_path: Path) -> None:
+    image, mask = np.full((32, 32, 3), 90, np.uint8), np.zeros((32, 32), np.uint8)
+    mask[8:20, 8:20] = 255
+    items = {f"m{i}": (image, mask) for i in range(5)}
+    write_mask_folder(tmp_path / "m", items, {"train": ["m0", "m1", "m2"], "val": ["m3", "m4"]})
+    cfg = DataConfig(format="mask_folder", root=tmp_path / "m", image_size=32, train_on_val=True)
+    assert [p.name for p in _train_set(cfg, "segmentation").paths] == [f"m{i}.png" for i in range(5)]
+    val = build_dataset(cfg, "val", task="segmentation", train=False, mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert len(val) == 2, "the val split itself is unchanged"
+    (tmp_path / "m" / "val.txt").unlink()
+    with pytest.raises(ValueError, match=r"data.train_on_val is set but .* has no val split; set data.val"):
+        _train_set(cfg, "segmentation")
+
+
+@pytest.mark.parametrize("train_on_val", [False, True])
+def test_a_run_that_trains_on_val_keeps_its_last_evaluation(
+    train_on_val: bool, tmp_path: Path, session_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Val scores falling from one evaluation to the next: a held-out val keeps the better epoch in best.pt,
+    a trained-on val keeps the last, and the test split is scored with that checkpoint's weights."""
+    overrides = write_dataset("voc", tmp_path / "data") + tiny_overrides(tmp_path / "run")
+    settings = [f"data.train_on_val={train_on_val}", "optim.epochs=2", "eval.every=1", "run.overlays=0"]
+    recipe = load_recipe(REPO_ROOT / "recipes" / "bccd_faster_rcnn_cpu.yaml", overrides=[*overrides, *settings])
+    trainer = Trainer(recipe, progress=False)
+    assert len(trainer.train_set) == 4 + len(trainer.eval_set) * train_on_val
+    scores, evaluate = iter([0.9, 0.5]), trainer.evaluate
+
+    def falling_val(dataset: object = None, **kwargs: object) -> dict[str, float]:
+        return {"map50": next(scores)} if dataset is None else evaluate(dataset, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", falling_val)
+    summary = trainer.fit()
+    assert summary["best"]["epoch"] == (2 if train_on_val else 1)
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == summary["best"]["epoch"]

@@ -86,6 +86,11 @@ class DataConfig(BaseModel):
             ``train_count`` of the same seeded order, so also nested).
         subset_seed: Seed of the order the subsets are taken from (independent of
             ``run.seed``, so runs with other seeds see the same labelled images).
+        train_on_val: Train on the val images too, the refit once the settings have been
+            chosen on val (Pascal VOC's ``trainval``): more labelled images for the final
+            model. Val then scores images the model has seen, so a run keeps its last
+            evaluation as ``best.pt`` rather than the best-scoring one; the test split stays
+            held out.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -108,6 +113,7 @@ class DataConfig(BaseModel):
     train_fraction: float | None = Field(default=None, gt=0, le=1)
     train_count: int | None = Field(default=None, ge=1)
     subset_seed: int = 0
+    train_on_val: bool = False
 
     @field_validator("classes")
     @classmethod

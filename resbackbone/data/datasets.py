@@ -36,7 +36,7 @@ from .formats import FORMAT_SPECS
 from .formats.masks import build_class_map, ignore_code, record_mask
 from .formats.records import DetectionRecord, SegmentationRecord
 from .images import read_image
-from .index import class_names, index_split, prepare
+from .index import class_names, index_split, prepare, resolve_split
 from .problems import DataError
 from .transforms import build_transforms, reseed
 
@@ -225,7 +225,8 @@ def build_dataset(
 
     Args:
         cfg: The recipe's data section.
-        split: ``"train"``, ``"val"`` or ``"test"``.
+        split: ``"train"``, ``"val"`` or ``"test"``; ``"train"`` holds the val images too with
+            ``cfg.train_on_val``.
         task: ``"detection"`` or ``"segmentation"``.
         train: Training transforms (augmentations, random crop) or deterministic ones.
         mean: Per-channel mean of 0–1 pixels (the backbone's ``mean``).
@@ -257,6 +258,12 @@ def build_dataset(
     prepared, root = prepare(cfg, task, base_dir)
     records, reporter = index_split(prepared, split, root, task=task, mode="load")
     reporter.finish()
+    if split == "train" and cfg.train_on_val:
+        if resolve_split(prepared, "val", root) is None:
+            raise ValueError(f"data.train_on_val is set but {root} has no val split; set data.val or remove it")
+        val_records, reporter = index_split(prepared, "val", root, task=task, mode="load")
+        reporter.finish()
+        records = [*records, *val_records]
     names = class_names(prepared, task, base_dir)
     common: dict[str, Any] = {
         "mean": tuple(mean),

@@ -98,6 +98,7 @@ class Trainer(CheckpointedRun):
         self.backbone = find_backbone(model)
         self.mean, self.std = input_normalization(self.backbone, self.task)
         self.train_set, self.eval_set, self.test_set = build_splits(recipe, self.mean, self.std)
+        self.selects_last = recipe.data.train_on_val and recipe.eval.split == "val"
         self.seg_loss = (
             SegmentationLoss(recipe.model.loss, recipe.data.ignore_index) if self.task == "segmentation" else None
         )
@@ -256,6 +257,8 @@ class Trainer(CheckpointedRun):
         value = metrics.get(key)
         if value is None or math.isnan(value):
             return False
+        if self.selects_last:  # the eval split was trained on: its best score picks nothing
+            return True
         return self.best is None or value > self.best["metrics"][key]
 
     def run_epoch(self) -> dict[str, Any]:
@@ -304,6 +307,11 @@ class Trainer(CheckpointedRun):
                 f"{optim.batch_size * optim.accumulate * self.ctx.world_size} (lr {optim.lr:g} as given, "
                 f"not rescaled); {self._speed_line()}."
             )
+            if self.selects_last:
+                self._log(
+                    "data.train_on_val: the val images are trained on, so val scores are not held out and "
+                    "best.pt is the last evaluation; the test split is the held-out figure."
+                )
         start = time.perf_counter()
         stopped_early = False
         while self.epoch < optim.epochs:
