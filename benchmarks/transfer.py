@@ -72,6 +72,10 @@ def finetune_overrides(study: Study, cell: Cell, out: Path) -> list[str]:
         f"run.max_steps_per_epoch={task.steps_per_epoch}",
         f"eval.every={task.epochs}",
         f"model.backbone_weights={weights}",
+        # the study's protocol, whatever a recipe's final refit does: fractions of the train split alone,
+        # val held out, the weights as trained (no EMA), as the published cells were measured
+        "data.train_on_val=false",
+        "optim.ema=null",
     ]
 
 

@@ -236,7 +236,9 @@ def _faults_per_step(mode: str) -> tuple[bool, float]:
     return applied == "True", float(faults)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None, reason="glibc only")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None, reason="glibc's mallopt only"
+)
 def test_malloc_reuse_keeps_freed_buffers_for_the_next_step() -> None:
     """With run.malloc: reuse, buffers freed at the end of a step serve the next one without touching new
     pages; glibc as it is gives them back (the heap's free top is trimmed) and faults on every page again."""

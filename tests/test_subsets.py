@@ -126,7 +126,8 @@ def test_train_on_val_trains_on_both_splits_and_needs_a_val_split(tmp_path: Path
     cfg = DataConfig(format="mask_folder", root=tmp_path / "m", image_size=32, train_on_val=True)
     assert [p.name for p in _train_set(cfg, "segmentation").paths] == [f"m{i}.png" for i in range(5)]
     val = build_dataset(cfg, "val", task="segmentation", train=False, mean=(0.5,) * 3, std=(0.5,) * 3)
-    assert len(val) == 2, "the val split itself is unchanged"
+    listed = build_dataset(cfg, "train", task="segmentation", train=False, mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert (len(val), len(listed)) == (2, 3), "the splits themselves (as data stats and pretraining read them) stay"
     (tmp_path / "m" / "val.txt").unlink()
     with pytest.raises(ValueError, match=r"data.train_on_val is set but .* has no val split; set data.val"):
         _train_set(cfg, "segmentation")

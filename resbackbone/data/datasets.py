@@ -225,8 +225,8 @@ def build_dataset(
 
     Args:
         cfg: The recipe's data section.
-        split: ``"train"``, ``"val"`` or ``"test"``; ``"train"`` holds the val images too with
-            ``cfg.train_on_val``.
+        split: ``"train"``, ``"val"`` or ``"test"``; with ``cfg.train_on_val`` the training set
+            (``"train"`` with ``train=True``) holds the val images too.
         task: ``"detection"`` or ``"segmentation"``.
         train: Training transforms (augmentations, random crop) or deterministic ones.
         mean: Per-channel mean of 0–1 pixels (the backbone's ``mean``).
@@ -258,7 +258,7 @@ def build_dataset(
     prepared, root = prepare(cfg, task, base_dir)
     records, reporter = index_split(prepared, split, root, task=task, mode="load")
     reporter.finish()
-    if split == "train" and cfg.train_on_val:
+    if split == "train" and train and cfg.train_on_val:  # the training set; the split itself stays as listed
         if resolve_split(prepared, "val", root) is None:
             raise ValueError(f"data.train_on_val is set but {root} has no val split; set data.val or remove it")
         val_records, reporter = index_split(prepared, "val", root, task=task, mode="load")
