@@ -243,8 +243,8 @@ class RunConfig(_Section):
         compile: Compile the training step with ``torch.compile`` (the whole segmenter; a detector's
             backbone and FPN). The first steps take longer while it compiles.
         malloc: ``reuse`` keeps the tensor buffers the process frees for its next step instead of
-            giving them back to the system (Linux with glibc; about a quarter off a DeepLabV3+ step
-            on a 2-core CPU), at the cost of holding the memory of the peak; ``system`` leaves
+            giving them back to the system (Linux with glibc; a DeepLabV3+ step 0.84× as long on a
+            2-core CPU), at the cost of holding the memory of the peak; ``system`` leaves
             ``malloc`` as it is (:func:`~resbackbone.engine.acceleration.configure_malloc`).
     """
 
