@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
+
+from resbackbone.bench import machine_info
 
 STEP = """
 import json, resource, sys, time, torch
@@ -59,7 +60,8 @@ def main() -> None:
         for mode in results:
             cmd = [sys.executable, "-c", STEP, mode, args.backbone, str(args.batch), str(args.size), str(args.steps)]
             results[mode].append(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout))
-    print(f"{platform.processor() or platform.machine()}, {args.backbone}, {args.batch} x {args.size}²")
+    machine = machine_info()
+    print(f"{machine['cpu_model']} ({machine['cpu_cores']} cores), {args.backbone}, {args.batch} x {args.size}²")
     for mode, runs in results.items():
         ms = ", ".join(f"{r['ms']:.0f}" for r in runs)
         faults = statistics.median(r["faults"] for r in runs)

@@ -129,7 +129,8 @@ def test_train_on_val_trains_on_both_splits_and_needs_a_val_split(tmp_path: Path
     listed = build_dataset(cfg, "train", task="segmentation", train=False, mean=(0.5,) * 3, std=(0.5,) * 3)
     assert (len(val), len(listed)) == (2, 3), "the splits themselves (as data stats and pretraining read them) stay"
     (tmp_path / "m" / "val.txt").unlink()
-    with pytest.raises(ValueError, match=r"data.train_on_val is set but .* has no val split; set data.val"):
+    fix = r"; set data.val to it, or data.train_on_val: false"
+    with pytest.raises(ValueError, match=r"data.train_on_val is true but .* has no val split .*" + fix):
         _train_set(cfg, "segmentation")
 
 
@@ -138,7 +139,7 @@ def test_a_run_that_trains_on_val_keeps_its_last_evaluation(
     train_on_val: bool, tmp_path: Path, session_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Val scores falling from one evaluation to the next: a held-out val keeps the better epoch in best.pt,
-    a trained-on val keeps the last, and the test split is scored with that checkpoint's weights."""
+    a trained-on val keeps the last."""
     overrides = write_dataset("voc", tmp_path / "data") + tiny_overrides(tmp_path / "run")
     settings = [f"data.train_on_val={train_on_val}", "optim.epochs=2", "eval.every=1", "run.overlays=0"]
     recipe = load_recipe(REPO_ROOT / "recipes" / "bccd_faster_rcnn_cpu.yaml", overrides=[*overrides, *settings])
@@ -153,3 +154,10 @@ def test_a_run_that_trains_on_val_keeps_its_last_evaluation(
     summary = trainer.fit()
     assert summary["best"]["epoch"] == (2 if train_on_val else 1)
     assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == summary["best"]["epoch"]
+
+
+def test_early_stopping_on_a_trained_on_val_is_refused(tmp_path: Path) -> None:
+    overrides = [*write_dataset("voc", tmp_path / "data"), "data.train_on_val=true", "run.early_stopping=3"]
+    with pytest.raises(RecipeError, match=r"run.early_stopping=3 watches val, but data.train_on_val trains on val"):
+        load_recipe(REPO_ROOT / "recipes" / "bccd_faster_rcnn_cpu.yaml", overrides=overrides)
+    load_recipe(REPO_ROOT / "recipes" / "bccd_faster_rcnn_cpu.yaml", overrides=[*overrides, "run.early_stopping=null"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import os
 import platform
@@ -193,12 +192,6 @@ def matmul_ceilings(device: torch.device, dtypes: set[torch.dtype], *, budget_s:
     return ceilings
 
 
-def _libc() -> Any:
-    with contextlib.suppress(OSError):
-        return ctypes.CDLL("libc.so.6")
-    return None
-
-
 def _status_kib(field: str) -> int | None:
     with contextlib.suppress(OSError), open("/proc/self/status") as f:
         for line in f:
@@ -291,10 +284,11 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             return self
-        libc = _libc()
-        if libc is not None:
-            with contextlib.suppress(AttributeError):
-                libc.malloc_trim(0)
+        from ..engine.acceleration import glibc  # the engine: not at start-up
+
+        libc = glibc()
+        if libc is not None:  # hand freed memory back, so the peak is this block's
+            libc.malloc_trim(0)
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")

@@ -260,7 +260,10 @@ def build_dataset(
     reporter.finish()
     if split == "train" and train and cfg.train_on_val:  # the training set; the split itself stays as listed
         if resolve_split(prepared, "val", root) is None:
-            raise ValueError(f"data.train_on_val is set but {root} has no val split; set data.val or remove it")
+            raise ValueError(
+                f"data.train_on_val is true but {root} has no val split to add to training; set data.val to it, "
+                "or data.train_on_val: false"
+            )
         val_records, reporter = index_split(prepared, "val", root, task=task, mode="load")
         reporter.finish()
         records = [*records, *val_records]

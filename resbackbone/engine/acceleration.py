@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
-import ctypes.util
-import platform
-import sys
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +25,7 @@ __all__ = [
     "autocast",
     "compile_for_training",
     "configure_malloc",
+    "glibc",
     "measure_training_memory_format",
     "precision_text",
     "prefer_channels_last",
@@ -81,6 +80,15 @@ def precision_text(asked: str, resolved: str, device: torch.device) -> str:
     return text
 
 
+def glibc() -> ctypes.CDLL | None:
+    """The process's C library when it is glibc (Linux), else ``None`` (macOS, Windows, musl)."""
+    if "CS_GNU_LIBC_VERSION" not in getattr(os, "confstr_names", {}) or not os.confstr("CS_GNU_LIBC_VERSION"):
+        return None
+    with contextlib.suppress(OSError):
+        return ctypes.CDLL("libc.so.6")
+    return None
+
+
 # glibc's mallopt parameters (malloc.h) and the values run.malloc: reuse sets
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _REUSE = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: (1 << 31) - 1, _M_TOP_PAD: 256 << 20}
@@ -109,10 +117,8 @@ def configure_malloc(mode: str) -> bool:
     """
     if mode not in ("reuse", "system"):
         raise ValueError(f"run.malloc {mode!r}: expected 'reuse' (keep freed buffers) or 'system' (malloc as it is)")
-    if mode == "system" or not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    return all(libc.mallopt(param, value) == 1 for param, value in _REUSE.items())
+    libc = glibc() if mode == "reuse" else None
+    return libc is not None and all(libc.mallopt(param, value) == 1 for param, value in _REUSE.items())
 
 
 @contextlib.contextmanager

@@ -301,4 +301,10 @@ class Recipe(_Section):
                 f"eval.tiles applies to detection, but {self.model.head!r} is a segmentation head; "
                 "for segmentation use eval.sliding_window: {size: ..., overlap: ..., blend: gaussian}"
             )
+        if self.data.train_on_val and self.run.early_stopping and self.eval.split == "val":
+            raise ValueError(
+                f"run.early_stopping={self.run.early_stopping} watches val, but data.train_on_val trains on val, "
+                "whose score then only rises; set run.early_stopping: null, or data.train_on_val: false to keep "
+                "val held out"
+            )
         return self
