@@ -24,7 +24,6 @@ from typing import Any
 from torch import nn
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.ops import MultiScaleRoIAlign
 
 from ..backbone import Backbone
 from ..specs import LEVELS
@@ -33,6 +32,7 @@ from .checkpoints import load_head_checkpoint, read_head_checkpoint
 from .common import check_arch, check_num_classes, resolve_backbone
 from .detection_transform import DetectionTransform
 from .fpn import EXTRA_BLOCKS, FPN_NORMS, FeaturePyramid, build_fpn
+from .roi_align import MultiScaleRoIAlign
 
 __all__ = [
     "DETECTORS",
