@@ -105,10 +105,8 @@ def test_a_segmentation_subset_with_background_only_is_refused(tmp_path: Path) -
 
 def test_the_run_trains_on_the_subset_and_records_it(tmp_path: Path, session_cache: Path) -> None:
     overrides = write_dataset("voc", tmp_path / "data") + tiny_overrides(tmp_path / "run")
-    recipe = load_recipe(
-        REPO_ROOT / "recipes" / "bccd_faster_rcnn_cpu.yaml",
-        overrides=[*overrides, "data.train_fraction=0.5", "data.subset_seed=2", "run.overlays=0"],
-    )
+    subset = ["data.train_fraction=0.5", "data.subset_seed=2", "data.train_on_val=false", "run.overlays=0"]
+    recipe = load_recipe(REPO_ROOT / "recipes" / "bccd_faster_rcnn_cpu.yaml", overrides=[*overrides, *subset])
     trainer = Trainer(recipe, progress=False)
     assert len(trainer.train_set) == 2
     trainer.fit()
