@@ -53,6 +53,14 @@ def test_roi_align_gather_equals_torchvision(map_size: tuple[int, int], scale: f
     assert ours[2].abs().sum() > 0  # partly before the map: not all zero
 
 
+def test_roi_align_gather_of_no_boxes_is_empty() -> None:
+    features = torch.randn(2, 4, 8, 8, requires_grad=True)
+    pooled = roi_align_gather(features, torch.zeros(0, 5), (7, 7), 0.5, 2)
+    assert pooled.shape == (0, 4, 7, 7)
+    pooled.sum().backward()
+    assert not features.grad.any()
+
+
 def test_roi_align_gather_refuses_adaptive_sampling() -> None:
     with pytest.raises(ValueError, match="sampling_ratio 0; expected > 0"):
         roi_align_gather(torch.zeros(1, 2, 4, 4), torch.zeros(1, 5), (2, 2), 1.0, 0)

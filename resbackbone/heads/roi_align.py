@@ -86,10 +86,11 @@ def roi_align_gather(
     weight = row_w.view(count, out_h, 1, sampling_ratio, 2, 1, 1) * col_w.view(count, 1, out_w, 1, 1, sampling_ratio, 2)
     weight = weight / sampling_ratio**2
     table = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+    bags = (count * out_h * out_w, 4 * sampling_ratio**2)
     pooled = F.embedding_bag(
-        index.reshape(count * out_h * out_w, -1),
+        index.reshape(bags),
         table,
-        per_sample_weights=weight.reshape(count * out_h * out_w, -1).to(table.dtype),
+        per_sample_weights=weight.reshape(bags).to(table.dtype),
         mode="sum",
     )
     return pooled.view(count, out_h, out_w, channels).permute(0, 3, 1, 2)
