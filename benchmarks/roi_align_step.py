@@ -5,9 +5,10 @@ noise:
 
 - the pooling alone: forward and backward of one FPN level's RoIAlign at the BCCD CPU recipe's
   sizes (4 images, 128 channels, a 36 x 28 map at stride 8, 512 RoIs of 8-100 px);
-- a whole Faster R-CNN training step of the recipe's model (ResNet-18, FPN on C3-C5 at 128
-  channels, 288 x 224 input, 128 RoIs an image) on random images and boxes, with
-  ``resbackbone.heads.roi_align.MultiScaleRoIAlign`` or torchvision's in ``box_roi_pool``.
+- a whole Faster R-CNN training step of a recipe's model (``--recipe``, default the BCCD CPU
+  recipe: ResNet-18, FPN on C3-C5 at 128 channels, 288 x 224 input, 128 RoIs an image), built as
+  ``resbackbone finetune`` builds it, on random images and boxes at the recipe's input size and
+  batch, with its own pooler or torchvision's ``MultiScaleRoIAlign`` in ``box_roi_pool``.
 
     python benchmarks/roi_align_step.py                  # 3 rounds of 5 steps
     python benchmarks/roi_align_step.py --rounds 5 --steps 8
@@ -22,9 +23,10 @@ import time
 import torch
 import torchvision
 
-from resbackbone import build_detector
 from resbackbone.bench import machine_info
-from resbackbone.heads.roi_align import MultiScaleRoIAlign, roi_align_gather
+from resbackbone.engine.builders import build_model
+from resbackbone.heads.roi_align import roi_align_gather
+from resbackbone.recipes import load_recipe
 
 
 def _boxes(count: int, width: int, height: int, small: float, large: float, g: torch.Generator) -> torch.Tensor:
@@ -60,30 +62,24 @@ def pooling(rounds: int, steps: int) -> dict[str, list[float]]:
     return times
 
 
-def training_step(rounds: int, steps: int) -> dict[str, list[float]]:
+def training_step(recipe_path: str, rounds: int, steps: int) -> dict[str, list[float]]:
+    recipe = load_recipe(recipe_path)
+    if recipe.task != "detection" or recipe.model.head != "faster_rcnn" or not recipe.data.classes:
+        raise SystemExit(f"--recipe {recipe_path}: expected a Faster R-CNN recipe that lists data.classes")
+    height, width = recipe.data.size_hw
+    batch, classes = recipe.optim.batch_size, len(recipe.data.classes)
     torch.manual_seed(0)
-    model = build_detector(
-        "faster_rcnn",
-        backbone="resnet18",
-        num_classes=4,
-        levels=["C3", "C4", "C5"],
-        fpn_channels=128,
-        anchor_sizes=[[16], [32], [64], [128]],
-        min_size=224,
-        max_size=288,
-        rpn_pre_nms_top_n_train=1000,
-        rpn_post_nms_top_n_train=500,
-        box_batch_size_per_image=128,
-    ).train()
+    model = build_model(recipe, num_classes=classes + 1).train()  # + background, as the Trainer builds it
     g = torch.Generator().manual_seed(1)
-    images = [torch.rand(3, 224, 288, generator=g) for _ in range(4)]
+    images = [torch.rand(3, height, width, generator=g) for _ in range(batch)]
     targets = []
-    for _ in range(4):
-        boxes = _boxes(20, 288, 224, 8, 60, g)
-        targets.append({"boxes": boxes, "labels": torch.randint(1, 4, (20,), generator=g)})
+    for _ in range(batch):
+        boxes = _boxes(20, width, height, 8, 60, g)
+        targets.append({"boxes": boxes, "labels": torch.randint(1, classes + 1, (20,), generator=g)})
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    maps = model.roi_heads.box_roi_pool.featmap_names
-    pools = {"torchvision": torchvision.ops.MultiScaleRoIAlign(maps, 7, 2), "gather": MultiScaleRoIAlign(maps, 7, 2)}
+    ours = model.roi_heads.box_roi_pool
+    theirs = torchvision.ops.MultiScaleRoIAlign(ours.featmap_names, ours.output_size, ours.sampling_ratio)
+    pools = {"torchvision": theirs, "gather": ours}
 
     def step(pool):
         model.roi_heads.box_roi_pool = pool
@@ -103,6 +99,9 @@ def training_step(rounds: int, steps: int) -> dict[str, list[float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--recipe", default="recipes/bccd_faster_rcnn_cpu.yaml", help="the detection recipe whose step is timed"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
@@ -113,7 +112,7 @@ def main() -> None:
     )
     for title, times in (
         ("RoIAlign forward + backward, 512 RoIs, 4 x 128 x 28 x 36", pooling(args.rounds, args.steps * 4)),
-        ("Faster R-CNN training step, 4 x 288 x 224", training_step(args.rounds, args.steps)),
+        (f"Faster R-CNN training step of {args.recipe}", training_step(args.recipe, args.rounds, args.steps)),
     ):
         print(title)
         for name, values in times.items():

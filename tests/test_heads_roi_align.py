@@ -76,7 +76,8 @@ def _levels(seed: int) -> OrderedDict[str, Tensor]:
 def test_multiscale_training_pass_equals_torchvision() -> None:
     maps = _levels(0)
     # sizes from 6 px to the whole image: every level gets boxes
-    boxes = [_rois(30, 1, (512, 640), seed=s)[:, 1:].clamp(min=0).clamp(max=512) for s in (2, 3)]
+    inside = torch.tensor([640.0, 512.0, 640.0, 512.0])  # x, y, x, y: boxes clipped to the image, as proposals are
+    boxes = [torch.minimum(_rois(30, 1, (512, 640), seed=s)[:, 1:].clamp(min=0), inside) for s in (2, 3)]
     image_shapes = [(512, 640), (480, 600)]
     ours_pool = MultiScaleRoIAlign(["0", "1", "2"], 7, 2).train()
     theirs_pool = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2"], 7, 2).train()
@@ -117,7 +118,9 @@ def test_faster_rcnn_training_step_unchanged() -> None:
     model = build_detector("faster_rcnn", backbone="test_resnet", num_classes=3, min_size=64, max_size=80).train()
     assert isinstance(model.roi_heads.box_roi_pool, MultiScaleRoIAlign)
     results = []
-    for pool in (model.roi_heads.box_roi_pool, torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)):
+    ours = model.roi_heads.box_roi_pool
+    theirs = torchvision.ops.MultiScaleRoIAlign(ours.featmap_names, ours.output_size, ours.sampling_ratio)
+    for pool in (ours, theirs):
         model.roi_heads.box_roi_pool = pool
         model.zero_grad()
         torch.manual_seed(1)  # the same proposals and sampled RoIs
