@@ -249,6 +249,28 @@ def test_build_detector_on_c3_c5_with_a_narrow_fpn() -> None:
         build_detector("faster_rcnn", backbone="test_resnet", num_classes=3, fpn_channels=0)
 
 
+def test_build_detector_narrows_the_box_head() -> None:
+    narrow = {"levels": ("C3", "C4", "C5"), "fpn_channels": 32}
+    model = _small_faster_rcnn(**narrow, box_head_width=48)
+    head, predictor = model.roi_heads.box_head, model.roi_heads.box_predictor
+    assert (head.fc6.in_features, head.fc6.out_features, head.fc7.out_features) == (32 * 7 * 7, 48, 48)
+    assert (predictor.cls_score.in_features, predictor.cls_score.out_features) == (48, 3)
+    assert predictor.bbox_pred.out_features == 3 * 4
+    _train_step(_lighten(model), model.backbone.body)
+    assert head.fc6.weight.grad is not None and predictor.cls_score.weight.grad is not None
+    _check_detections(model, 3)
+    # its own checkpoint reloads; one with torchvision's 1024-wide head does not fit, and says where
+    again = _small_faster_rcnn(**narrow, box_head_width=48, weights=model.state_dict())
+    assert torch.equal(again.roi_heads.box_head.fc6.weight, head.fc6.weight)
+    wide = _small_faster_rcnn(**narrow).state_dict()
+    with pytest.raises(ValueError, match=r"roi_heads\.box_head\.fc6\.weight.*FPN or box head width"):
+        _small_faster_rcnn(**narrow, box_head_width=48, weights=wide)
+    with pytest.raises(ValueError, match=r"box_head_width=0 is not valid: expected an int ≥ 1"):
+        _small_faster_rcnn(box_head_width=0)
+    with pytest.raises(ValueError, match=r"box_head_width=512 applies to Faster R-CNN's box head only; RetinaNet"):
+        build_detector("retinanet", backbone="test_resnet", num_classes=3, box_head_width=512)
+
+
 def test_build_detector_adapts_in_chans() -> None:
     model = build_detector("faster_rcnn", backbone="test_resnet", num_classes=3, in_chans=1, min_size=64, max_size=64)
     assert model.backbone.body.in_chans == 1

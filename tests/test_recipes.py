@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from resbackbone.engine.builders import build_model
 from resbackbone.recipes import Recipe, RecipeError, load_recipe
 
 from .conftest import REPO_ROOT
@@ -104,6 +105,10 @@ def test_levels_and_fpn_channels_apply_to_the_heads_that_have_them(tmp_path: Pat
         load_recipe(_write(tmp_path, BASE), overrides=["model.levels=[C3,C4,C5]"])
     with pytest.raises(RecipeError, match=r"fpn_channels=128 applies to detection.*remove model\.fpn_channels"):
         load_recipe(_write(tmp_path, BASE), overrides=["model.fpn_channels=128"])
+    recipe = load_recipe(_write(tmp_path, detection), overrides=["model.box_head_width=512"])
+    assert build_model(recipe, num_classes=4).roi_heads.box_head.fc7.out_features == 512
+    with pytest.raises(RecipeError, match=r"box_head_width=512 applies to faster_rcnn.*remove model\.box_head_width"):
+        load_recipe(_write(tmp_path, BASE), overrides=["model.box_head_width=512"])
 
 
 def test_grad_checkpointing_takes_true_or_stages(tmp_path: Path) -> None:

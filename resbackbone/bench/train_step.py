@@ -39,7 +39,7 @@ TRAIN_FIELDS: tuple[str, ...] = (
 
 DETECTOR_OPTIONS: tuple[str, ...] = (
     "trainable_stages", "norm", "in_chans", "min_size", "max_size", "anchor_sizes", "score_thresh", "levels",
-    "fpn_channels", "head_options",
+    "fpn_channels", "box_head_width", "head_options",
 )  # fmt: skip
 """Fields of a recipe's ``model:`` section that ``BenchConfig.train_model_options`` may set."""
 

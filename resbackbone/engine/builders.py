@@ -139,6 +139,7 @@ def build_model_from_config(m: ModelConfig, *, num_classes: int, image_side: int
             score_thresh=m.score_thresh,
             levels=m.levels,
             fpn_channels=m.fpn_channels,
+            box_head_width=m.box_head_width,
             **m.head_options,
         )
     else:

@@ -151,8 +151,8 @@ def load_head_checkpoint(
     if match.missing or match.unexpected or match.mismatched:
         raise ValueError(
             f"Checkpoint {label} does not fit this {type(model).__name__}: {report}. Was it saved from a model "
-            "with other options (anchors, levels, FPN width, head)? Build the model with the options it was "
-            "trained with."
+            "with other options (anchors, levels, FPN or box head width, head)? Build the model with the options "
+            "it was trained with."
         )
     model.load_state_dict(match.loaded, strict=False)
     return report

@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 
 from ..backbone import Backbone
 from ..specs import LEVELS
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("resbackbone")
+
+BOX_HEAD_WIDTH = 1024
+"""Width of the two fully connected layers of Faster R-CNN's box head in torchvision (``TwoMLPHead``)."""
 
 
 def _faster_rcnn_args(fpn: FeaturePyramid, anchors: AnchorGenerator, score_thresh: float, per_img: int) -> dict:
@@ -220,6 +224,7 @@ def build_detector(
     in_chans: int = 3,
     levels: Sequence[str] | None = None,
     fpn_channels: int = 256,
+    box_head_width: int = BOX_HEAD_WIDTH,
     **head_kwargs: Any,
 ) -> FasterRCNN | RetinaNet:
     """Build a torchvision Faster R-CNN or RetinaNet on any registered backbone.
@@ -264,6 +269,9 @@ def build_detector(
             RetinaNet always uses C3–C5.
         fpn_channels: Width of the FPN maps (256 in torchvision; 128 quarters the cost
             of the FPN, RPN and RoI-head convolutions).
+        box_head_width: Faster R-CNN: width of the box head's two fully connected layers
+            (torchvision's 1024; 512 makes a CPU training step about a tenth cheaper). A
+            whole-detector checkpoint must have the same width.
         **head_kwargs: Further keyword arguments of torchvision's ``FasterRCNN`` or
             ``RetinaNet`` (e.g. ``rpn_post_nms_top_n_train=1000``,
             ``box_batch_size_per_image=256``, ``fg_iou_thresh=0.5``).
@@ -294,6 +302,7 @@ def build_detector(
             "backbone_weights=, not both."
         )
     _check_sizes(min_size, max_size, score_thresh, detections_per_img)
+    _check_box_head_width(arch, box_head_width)
     check_head_kwargs(arch, head_kwargs)
     if levels is not None:
         if isinstance(levels, str) or not all(isinstance(lv, str) for lv in levels):
@@ -325,6 +334,10 @@ def build_detector(
     model = spec.model(
         fpn, num_classes=num_classes, **spec.head_args(fpn, anchors, score_thresh, detections_per_img), **head_kwargs
     )
+    if box_head_width != BOX_HEAD_WIDTH:
+        pooled = model.roi_heads.box_head.fc6.in_features
+        model.roi_heads.box_head = TwoMLPHead(pooled, box_head_width)
+        model.roi_heads.box_predictor = FastRCNNPredictor(box_head_width, num_classes)
     model.transform = DetectionTransform(
         min_size,
         max_size,
@@ -347,6 +360,18 @@ def build_detector(
         model.load_report = report
         logger.info("build_detector(%r): %s", arch, report)
     return model
+
+
+def _check_box_head_width(arch: str, width: Any) -> None:
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(
+            f"build_detector(): box_head_width={width!r} is not valid: expected an int ≥ 1 (torchvision: 1024)."
+        )
+    if width != BOX_HEAD_WIDTH and arch != "faster_rcnn":
+        raise ValueError(
+            f"build_detector({arch!r}): box_head_width={width} applies to Faster R-CNN's box head only; "
+            f"{DETECTORS[arch].title} has none. Leave it at {BOX_HEAD_WIDTH}."
+        )
 
 
 def _check_sizes(min_size: Any, max_size: Any, score_thresh: Any, detections_per_img: Any) -> None:

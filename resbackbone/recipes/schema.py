@@ -73,6 +73,8 @@ class ModelConfig(_Section):
         levels: Faster R-CNN: backbone levels under the FPN; ``null`` takes C2–C5.
             ``[C3, C4, C5]`` drops the stride-4 maps, the costliest part of a CPU step.
         fpn_channels: Detection: width of the FPN maps (torchvision's 256; 128 for a CPU budget).
+        box_head_width: Faster R-CNN: width of the box head's two fully connected layers
+            (torchvision's 1024; 512 for a CPU budget).
         head_options: Detection: further options of torchvision's ``FasterRCNN`` or
             ``RetinaNet``, e.g. ``{box_batch_size_per_image: 256, rpn_post_nms_top_n_train: 1000}``
             (fewer sampled RoIs and proposals make CPU steps cheaper).
@@ -97,6 +99,7 @@ class ModelConfig(_Section):
     score_thresh: float = Field(default=0.05, ge=0.0, le=1.0)
     levels: list[Literal["C2", "C3", "C4", "C5"]] | None = None
     fpn_channels: int = Field(default=256, ge=8)
+    box_head_width: int = Field(default=1024, ge=1)
     head_options: dict[str, int | float | bool] = Field(default_factory=dict)
     grad_checkpointing: GradCheckpointing = False
 
@@ -125,6 +128,11 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"fpn_channels={self.fpn_channels} applies to detection heads only, not to {self.head!r}: "
                 "remove model.fpn_channels"
+            )
+        if self.box_head_width != type(self).model_fields["box_head_width"].default and self.head != "faster_rcnn":
+            raise ValueError(
+                f"box_head_width={self.box_head_width} applies to faster_rcnn only (its box head), not to "
+                f"{self.head!r}: remove model.box_head_width"
             )
         if self.head_options:
             if self.task != "detection":
