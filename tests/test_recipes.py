@@ -93,7 +93,7 @@ def test_head_options_are_checked_against_the_torchvision_head(tmp_path: Path) -
         load_recipe(path)
 
 
-def test_levels_and_fpn_channels_apply_to_the_heads_that_have_them(tmp_path: Path) -> None:
+def test_levels_fpn_channels_and_box_head_width_apply_to_the_heads_that_have_them(tmp_path: Path) -> None:
     detection = BASE.replace("deeplabv3plus", "faster_rcnn").replace(
         "format: shapes, image_size: 64", "format: voc, root: ."
     )

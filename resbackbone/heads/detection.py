@@ -365,7 +365,8 @@ def build_detector(
 def _check_box_head_width(arch: str, width: Any) -> None:
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(
-            f"build_detector(): box_head_width={width!r} is not valid: expected an int ≥ 1 (torchvision: 1024)."
+            f"build_detector(): box_head_width={width!r} is not valid: expected an int ≥ 1 "
+            f"(torchvision's box head: {BOX_HEAD_WIDTH})."
         )
     if width != BOX_HEAD_WIDTH and arch != "faster_rcnn":
         raise ValueError(
