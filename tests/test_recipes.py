@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from resbackbone.engine.builders import build_model
+from resbackbone.engine.builders import build_model, describe_inference
 from resbackbone.recipes import Recipe, RecipeError, load_recipe
 
 from .conftest import REPO_ROOT
@@ -109,6 +109,20 @@ def test_levels_fpn_channels_and_box_head_width_apply_to_the_heads_that_have_the
     assert build_model(recipe, num_classes=4).roi_heads.box_head.fc7.out_features == 512
     with pytest.raises(RecipeError, match=r"box_head_width=512 applies to faster_rcnn.*remove model\.box_head_width"):
         load_recipe(_write(tmp_path, BASE), overrides=["model.box_head_width=512"])
+
+
+def test_tta_scales_are_checked_and_named_in_the_summary(tmp_path: Path) -> None:
+    recipe = load_recipe(_write(tmp_path, BASE), overrides=["eval.tta=[hflip]", "eval.tta_scales=[1.0, 1.25]"])
+    assert recipe.eval.tta_scales == [1.0, 1.25]
+    assert describe_inference(recipe) == "native resolution; TTA hflip; scales 1, 1.25"
+    assert describe_inference(load_recipe(_write(tmp_path, BASE))) == "native resolution"
+    with pytest.raises(RecipeError, match=r"eval\.tta_scales: .*has 5\.0, outside \[0\.25, 4\]"):
+        load_recipe(_write(tmp_path, BASE), overrides=["eval.tta_scales=[1.0, 5.0]"])
+    detection = BASE.replace("deeplabv3plus", "faster_rcnn").replace(
+        "format: shapes, image_size: 64", "format: voc, root: ."
+    )
+    with pytest.raises(RecipeError, match=r"eval\.tta_scales \[1\.0, 1\.5\] with eval\.tiles.*eval\.tiles: null"):
+        load_recipe(_write(tmp_path, detection), overrides=["eval.tiles={size: 64}", "eval.tta_scales=[1.0, 1.5]"])
 
 
 def test_grad_checkpointing_takes_true_or_stages(tmp_path: Path) -> None:

@@ -128,6 +128,55 @@ def test_detection_tta_of_an_equivariant_detector_equals_the_plain_output() -> N
     torch.testing.assert_close(fused["scores"], plain["scores"])
 
 
+class _SizedTransform:
+    """The sizes of torchvision's detection transform, which a scale pass must set and give back."""
+
+    def __init__(self, min_size: int, max_size: int) -> None:
+        self.min_size, self.max_size = (min_size,), max_size
+
+
+def test_detection_scales_find_the_same_box_and_give_the_transform_back() -> None:
+    """At 2x, bilinear resizing puts a sharp edge on the doubled pixel edge: the box scaled back is the box."""
+    seen = []
+
+    class SizedBrightBoxes(BrightBoxes):
+        transform = _SizedTransform(60, 90)
+
+        def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+            seen.append((self.transform.min_size, self.transform.max_size, tuple(images[0].shape[-2:])))
+            return super().forward(images)
+
+    image = torch.zeros(3, 60, 90)
+    image[:, 10:25, 30:70] = 1.0
+    plain = wrap_detector(SizedBrightBoxes())([image])[0]
+    seen.clear()
+    detector = SizedBrightBoxes()
+    fused = wrap_detector(detector, tta=["hflip"], scales=[1.0, 2.0])([image], [(120, 180)])[0]
+    assert seen == [((60,), 90, (60, 90))] * 2 + [((120,), 180, (120, 180))] * 2
+    assert (detector.transform.min_size, detector.transform.max_size) == ((60,), 90)
+    torch.testing.assert_close(fused["boxes"], plain["boxes"] * 2)  # in the pixels asked for
+    torch.testing.assert_close(fused["scores"], plain["scores"])
+
+
+def test_segmentation_scales_of_a_pointwise_model_keep_the_plain_output_inside_flat_regions() -> None:
+    """Resizing changes a map only near its edges: inside 8-px blocks, every scale must give the plain logits."""
+    model = nn.Conv2d(3, 2, 1)
+    blocks = torch.randn(3, 6, 10)
+    image = blocks.repeat_interleave(8, -2).repeat_interleave(8, -1)  # 48 x 80
+    inside = torch.zeros(48, 80, dtype=torch.bool)
+    for y in range(6):
+        for x in range(10):
+            inside[8 * y + 3 : 8 * y + 5, 8 * x + 3 : 8 * x + 5] = True
+    with torch.no_grad():
+        plain = wrap_segmenter(model, multiple=1)([image])[0]
+        scaled = wrap_segmenter(model, tta=["vflip"], scales=[0.5, 1.0, 2.0], multiple=1)([image])[0]
+        windowed = wrap_segmenter(model, window=SlidingWindowConfig(size=32, overlap=0.5), scales=[1.0, 1.5])([image])
+    assert scaled.shape == plain.shape == windowed[0].shape
+    torch.testing.assert_close(scaled[:, inside], plain[:, inside], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(windowed[0][:, inside], plain[:, inside], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(scaled, plain, atol=1e-3)  # the edges did move: the scaled passes ran
+
+
 def test_an_object_cut_by_a_tile_border_is_found_once() -> None:
     """Tiles of 64 with overlap 0.5 over 100 px start at 0, 32, 36: the first column cuts the object at x = 64."""
     image = torch.zeros(3, 100, 100)
@@ -184,6 +233,14 @@ def test_bad_inputs_name_the_value_and_the_fix() -> None:
         segment_windows(lambda x: x, torch.zeros(1, 1, 8, 8), size_hw=(8, 8), blend="box")
     with pytest.raises(ValueError, match=r"no size and the recipe no data.crop_size"):
         wrap_segmenter(nn.Identity(), window=SlidingWindowConfig())
+    with pytest.raises(ValueError, match=r"eval.tta_scales has 0.1, outside \[0.25, 4\].*e.g. \[1.0, 1.25\]"):
+        wrap_segmenter(nn.Identity(), scales=[1.0, 0.1])
+    with pytest.raises(ValueError, match=r"eval.tta_scales \[1.0, 1.0\] lists a scale twice"):
+        wrap_detector(BrightBoxes(), scales=[1.0, 1.0])
+    with pytest.raises(ValueError, match=r"eval.tta_scales is empty.*\[1.0\]"):
+        wrap_detector(BrightBoxes(), scales=[])
+    with pytest.raises(ValueError, match=r"eval.tta_scales \[1.0, 1.5\] with eval.tiles.*eval.tiles: null"):
+        wrap_detector(BrightBoxes(), tiles=TilesConfig(size=64), scales=[1.0, 1.5])
 
 
 def test_plain_segmentation_pads_to_the_stride_and_crops_back() -> None:

@@ -58,10 +58,16 @@ def build_predictor(
     """
     ev, data = recipe.eval, recipe.data
     if recipe.task == "detection":
-        return wrap_detector(model, tiles=ev.tiles, tile_size=data.crop_hw, tta=ev.tta)
+        return wrap_detector(model, tiles=ev.tiles, tile_size=data.crop_hw, tta=ev.tta, scales=ev.tta_scales)
     black = tuple(-m / s for m, s in zip(mean, std))
     return wrap_segmenter(
-        model, window=ev.sliding_window, window_size=data.crop_hw, tta=ev.tta, pad_value=black, min_size=data.size_hw
+        model,
+        window=ev.sliding_window,
+        window_size=data.crop_hw,
+        tta=ev.tta,
+        scales=ev.tta_scales,
+        pad_value=black,
+        min_size=data.size_hw,
     )
 
 
@@ -70,7 +76,7 @@ def describe_inference(recipe: Recipe) -> str:
 
     Example:
         >>> describe_inference(recipe)
-        'native resolution; sliding windows 192x192 (overlap 0.25, gaussian); TTA hflip, vflip'
+        'native resolution; sliding windows 192x192 (overlap 0.25, gaussian); TTA hflip, vflip; scales 1, 1.25'
     """
     ev, data = recipe.eval, recipe.data
     parts = ["native resolution" if ev.resolution == "native" else "model resolution (resized input)"]
@@ -85,6 +91,8 @@ def describe_inference(recipe: Recipe) -> str:
         parts.append(f"tiles {h}x{wd} (overlap {t.overlap:g}, {t.merge} at {t.iou:g}){whole}")
     if ev.tta:
         parts.append("TTA " + ", ".join(ev.tta))
+    if ev.tta_scales != [1.0]:
+        parts.append("scales " + ", ".join(f"{s:g}" for s in ev.tta_scales))
     return "; ".join(parts)
 
 

@@ -169,7 +169,7 @@ def predict(
 
         model = optimize_model(model)
     ev = recipe.eval
-    if ev.sliding_window is not None or ev.tiles is not None or ev.tta:
+    if ev.sliding_window is not None or ev.tiles is not None or ev.tta or ev.tta_scales != [1.0]:
         runner = recipe_runner(model, recipe, backbone, device=dev)
     else:
         runner = fitted_runner(torch_backend(model, info, device=dev), info)

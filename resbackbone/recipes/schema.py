@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..data.config import FORMAT_TASKS, DataConfig
 from ..specs import NORMS, OUTPUT_STRIDES
-from ..tiling.config import SlidingWindowConfig, TilesConfig, check_tta_names
+from ..tiling.config import SlidingWindowConfig, TilesConfig, check_scales, check_tiles_and_scales, check_tta_names
 
 __all__ = [
     "HEAD_TASKS",
@@ -216,6 +216,10 @@ class EvalConfig(_Section):
         tta: Test-time augmentation, each one more pass: ``hflip``, ``vflip``, ``rot90``,
             ``rot180``, ``rot270``, ``transpose``, ``antitranspose``. Segmentation averages
             the passes' logits; detection fuses their boxes (weighted box fusion).
+        tta_scales: Input scales of test-time augmentation: every pass of ``tta`` runs on the
+            model's input resized by each (logits resized back, boxes scaled back), as DeepLab's
+            multi-scale inference and mmdet's multi-scale test; ``[1.0]``, the default, is the
+            plain input. Each scale in [0.25, 4]; a scale above 1 shows small objects larger.
     """
 
     every: int = Field(default=1, ge=1)
@@ -226,11 +230,17 @@ class EvalConfig(_Section):
     sliding_window: SlidingWindowConfig | None = None
     tiles: TilesConfig | None = None
     tta: list[str] = Field(default_factory=list)
+    tta_scales: list[float] = Field(default_factory=lambda: [1.0])
 
     @field_validator("tta")
     @classmethod
     def _check_tta(cls, value: list[str]) -> list[str]:
         return check_tta_names(value)
+
+    @field_validator("tta_scales")
+    @classmethod
+    def _check_scales(cls, value: list[float]) -> list[float]:
+        return check_scales(value)
 
 
 class RunConfig(_Section):
@@ -309,6 +319,7 @@ class Recipe(_Section):
                 f"eval.tiles applies to detection, but {self.model.head!r} is a segmentation head; "
                 "for segmentation use eval.sliding_window: {size: ..., overlap: ..., blend: gaussian}"
             )
+        check_tiles_and_scales(self.eval.tiles, self.eval.tta_scales)
         if self.data.train_on_val and self.run.early_stopping and self.eval.split == "val":
             raise ValueError(
                 f"run.early_stopping={self.run.early_stopping} watches val, but data.train_on_val trains on val, "

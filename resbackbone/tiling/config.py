@@ -6,6 +6,7 @@ Example::
       sliding_window: {size: 256, overlap: 0.25, blend: gaussian}   # segmentation
       tiles: {size: 256, overlap: 0.25, merge: nmm, iou: 0.5}        # detection
       tta: [hflip, vflip]
+      tta_scales: [1.0, 1.25]
 
 A window or tile ``size`` left out is the recipe's training crop
 (``data.crop_size``), so the model sees at inference the scale and extent it
@@ -14,13 +15,22 @@ was trained on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .tta import resolve_tta
+from .tta import check_scales, resolve_tta
 
-__all__ = ["SlidingWindowConfig", "TilesConfig", "check_overlap", "check_tta_names", "size_hw"]
+__all__ = [
+    "SlidingWindowConfig",
+    "TilesConfig",
+    "check_overlap",
+    "check_scales",
+    "check_tiles_and_scales",
+    "check_tta_names",
+    "size_hw",
+]
 
 
 def size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -117,3 +127,16 @@ def check_tta_names(value: list[str]) -> list[str]:
     """``eval.tta`` if every name is known and listed once (see :func:`~resbackbone.tiling.tta.resolve_tta`)."""
     resolve_tta(value)
     return value
+
+
+def check_tiles_and_scales(tiles: TilesConfig | None, scales: Sequence[float]) -> None:
+    """Refuse ``eval.tiles`` with input scales other than ``[1.0]``: tiles are cut at the model's scale.
+
+    Raises:
+        ValueError: Both are set; the message says which to drop.
+    """
+    if tiles is not None and list(scales) != [1.0]:
+        raise ValueError(
+            f"eval.tta_scales {list(scales)} with eval.tiles: tiles already run at the model's scale; "
+            "set eval.tta_scales: [1.0], or eval.tiles: null to run whole images at several scales"
+        )

@@ -3,9 +3,10 @@
 :func:`wrap_segmenter` and :func:`wrap_detector` take a model and return a
 callable from images *at the model's scale* (as the evaluation transform
 resizes them) to predictions *at the size asked for* (the file's, for metrics
-at native resolution): sliding windows or tiles, test-time augmentation, and
-the resize back. Evaluation, prediction and the end-of-training test all call
-these, so the three see the same numbers.
+at native resolution): sliding windows or tiles, test-time augmentation (flips
+and turns, at each input scale of ``eval.tta_scales``), and the resize back.
+Evaluation, prediction and the end-of-training test all call these, so the
+three see the same numbers.
 
 Example:
     >>> segment = wrap_segmenter(model, window=SlidingWindowConfig(overlap=0.5), window_size=(192, 192),
@@ -16,16 +17,17 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .config import SlidingWindowConfig, TilesConfig, size_hw
+from .config import SlidingWindowConfig, TilesConfig, check_tiles_and_scales, size_hw
 from .merge import merge_detections
 from .tiles import detect_tiles
-from .tta import resolve_tta
+from .tta import check_scales, rescale, resolve_tta, scaled_size
 from .windows import pad_to, segment_windows
 
 __all__ = ["Detector", "Segmenter", "wrap_detector", "wrap_segmenter"]
@@ -49,6 +51,7 @@ class Segmenter:
         window: SlidingWindowConfig | None,
         window_size: tuple[int, int] | None,
         tta: Sequence[str],
+        scales: Sequence[float],
         pad_value: Sequence[float] | float,
         min_size: tuple[int, int] | None,
         multiple: int,
@@ -59,6 +62,7 @@ class Segmenter:
         if window is not None and self.window_size is None:
             raise ValueError("eval.sliding_window has no size and the recipe no data.crop_size; set one of them")
         self.transforms = resolve_tta(tta)
+        self.scales = check_scales(scales)
         self.pad_value = pad_value
         self.min_size = min_size
         self.multiple = multiple
@@ -114,11 +118,15 @@ class Segmenter:
         images = list(images)
         total: list[Tensor] | None = None
         run = self._windows if self.window is not None else self._plain
-        for t in self.transforms:
-            logits = [t.invert(y) for y in run([t.apply(x) for x in images])]
-            total = logits if total is None else [a + b for a, b in zip(total, logits)]
-        assert total is not None  # the identity is always one of the transforms
-        n = len(self.transforms)
+        for scale in self.scales:
+            inputs = images if scale == 1 else [rescale(x, scaled_size(x.shape[-2:], scale)) for x in images]
+            for t in self.transforms:
+                logits = [t.invert(y) for y in run([t.apply(x) for x in inputs])]
+                if scale != 1:
+                    logits = [rescale(y, x.shape[-2:]) for y, x in zip(logits, images)]
+                total = logits if total is None else [a + b for a, b in zip(total, logits)]
+        assert total is not None  # there is at least one scale, and the identity is always one of the transforms
+        n = len(self.transforms) * len(self.scales)
         results = [y / n for y in total]
         if out_sizes is not None:
             results = [
@@ -140,6 +148,7 @@ class Detector:
         tiles: TilesConfig | None,
         tile_size: tuple[int, int] | None,
         tta: Sequence[str],
+        scales: Sequence[float],
         tta_iou: float,
         max_detections: int,
     ) -> None:
@@ -149,6 +158,8 @@ class Detector:
         if tiles is not None and self.tile_size is None:
             raise ValueError("eval.tiles has no size and the recipe no data.crop_size; set one of them")
         self.transforms = resolve_tta(tta)
+        self.scales = check_scales(scales)
+        check_tiles_and_scales(tiles, self.scales)
         self.tta_iou = tta_iou
         self.max_detections = max_detections
         self._warned = False
@@ -181,9 +192,13 @@ class Detector:
     def _one(self, image: Tensor) -> dict[str, Tensor]:
         size = (image.shape[-2], image.shape[-1])
         found = []
-        for t in self.transforms:
-            det = self._detect(t.apply(image))
-            found.append({**det, "boxes": t.invert_boxes(det["boxes"], size)})
+        for scale in self.scales:
+            x = image if scale == 1 else rescale(image, scaled_size(size, scale))
+            back = image.new_tensor([size[1] / x.shape[-1], size[0] / x.shape[-2]] * 2)
+            with nullcontext() if scale == 1 else _takes_as_is(self.model, x.shape[-2:]):
+                for t in self.transforms:
+                    det = self._detect(t.apply(x))
+                    found.append({**det, "boxes": t.invert_boxes(det["boxes"], x.shape[-2:]) * back})
         if len(found) == 1:
             return found[0]
         return merge_detections(
@@ -209,7 +224,7 @@ class Detector:
             One ``{"boxes", "scores", "labels"}`` per image.
         """
         images = list(images)
-        if self.tiles is None and len(self.transforms) == 1:
+        if self.tiles is None and len(self.transforms) == 1 and self.scales == [1.0]:
             outputs = self.model(images)  # one batched call, as the plain detector runs
         else:
             outputs = [self._one(x) for x in images]
@@ -222,12 +237,32 @@ class Detector:
         return scaled
 
 
+@contextmanager
+def _takes_as_is(model: Any, size_hw: Sequence[int]) -> Iterator[None]:
+    """A torchvision detector's transform set to take an image of ``size_hw`` as it is, not resized back.
+
+    torchvision's ``GeneralizedRCNNTransform`` resizes every input to its ``min_size`` /
+    ``max_size``, which would undo a scale pass; a detector without one takes any size.
+    """
+    transform = getattr(model, "transform", None)
+    if transform is None or not hasattr(transform, "min_size"):
+        yield
+        return
+    saved = transform.min_size, transform.max_size
+    transform.min_size, transform.max_size = (int(min(size_hw)),), int(max(size_hw))
+    try:
+        yield
+    finally:
+        transform.min_size, transform.max_size = saved
+
+
 def wrap_segmenter(
     model: nn.Module,
     *,
     window: SlidingWindowConfig | None = None,
     window_size: tuple[int, int] | None = None,
     tta: Sequence[str] = (),
+    scales: Sequence[float] = (1.0,),
     pad_value: Sequence[float] | float = 0.0,
     min_size: tuple[int, int] | None = None,
     multiple: int | None = None,
@@ -239,19 +274,22 @@ def wrap_segmenter(
         window: ``eval.sliding_window``; ``None`` runs each image whole, padded.
         window_size: The window when ``window.size`` is unset (the training crop).
         tta: ``eval.tta`` names; the logits of every pass are averaged.
+        scales: ``eval.tta_scales``: each pass runs on the input resized by each scale, its logits
+            resized back.
         pad_value: Normalised value of a black pixel, per channel (what the data pipeline pads with).
         min_size: Pad whole images to at least this ``(h, w)`` (the evaluation size the model was checked at).
         multiple: Pad whole images to a multiple of this; ``None``: the deepest stride of the model's
             backbone levels, at least 32 (smp's U-Net and FPN decoders halve the input five times).
 
     Raises:
-        ValueError: An unknown TTA name, or a window with no size.
+        ValueError: An unknown TTA name or a scale out of range, or a window with no size.
     """
     return Segmenter(
         model,
         window=window,
         window_size=window_size,
         tta=tta,
+        scales=scales,
         pad_value=pad_value,
         min_size=min_size,
         multiple=multiple or _input_multiple(model),
@@ -274,6 +312,7 @@ def wrap_detector(
     tiles: TilesConfig | None = None,
     tile_size: tuple[int, int] | None = None,
     tta: Sequence[str] = (),
+    scales: Sequence[float] = (1.0,),
     tta_iou: float = 0.55,
     max_detections: int | None = None,
 ) -> Detector:
@@ -284,13 +323,23 @@ def wrap_detector(
         tiles: ``eval.tiles``; ``None`` runs each image whole.
         tile_size: The tile when ``tiles.size`` is unset (the training crop).
         tta: ``eval.tta`` names; the passes' boxes are fused (weighted box fusion).
+        scales: ``eval.tta_scales``: each pass runs on the image resized by each scale (a torchvision
+            detector's transform then takes it at that size), its boxes scaled back.
         tta_iou: IoU at which boxes of different passes are one object.
         max_detections: Boxes kept per image; default the detector's own cap (100 in torchvision).
 
     Raises:
-        ValueError: An unknown TTA name, or tiles with no size.
+        ValueError: An unknown TTA name or a scale out of range, tiles with no size, or tiles with scales.
     """
     if max_detections is None:
         heads = getattr(model, "roi_heads", model)
         max_detections = int(getattr(heads, "detections_per_img", 100))
-    return Detector(model, tiles=tiles, tile_size=tile_size, tta=tta, tta_iou=tta_iou, max_detections=max_detections)
+    return Detector(
+        model,
+        tiles=tiles,
+        tile_size=tile_size,
+        tta=tta,
+        scales=scales,
+        tta_iou=tta_iou,
+        max_detections=max_detections,
+    )

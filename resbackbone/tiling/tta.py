@@ -1,10 +1,13 @@
-"""Test-time augmentation: the eight symmetries of a square (flips and quarter turns) as one table.
+"""Test-time augmentation: the eight symmetries of a square (flips and quarter turns) as one table, and input scales.
 
 Each transform is a horizontal flip (or not) followed by ``k`` counter-clockwise
 quarter turns (``torch.rot90`` on the last two dimensions), so its inverse is
 the opposite turns followed by the same flip. :meth:`Dihedral.apply` moves an
 image, :meth:`Dihedral.invert` moves logits back, :meth:`Dihedral.invert_boxes`
 moves ``xyxy`` boxes back (pixel-edge coordinates, as torchvision uses them).
+:func:`check_scales` and :func:`rescale` are the other axis of test-time
+augmentation: the input resized by each of ``eval.tta_scales`` (DeepLab's
+multi-scale inference, mmdet's multi-scale test).
 
 Example:
     >>> t = TTA_TRANSFORMS["rot90"]
@@ -20,9 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["IDENTITY", "TTA_TRANSFORMS", "Dihedral", "resolve_tta"]
+__all__ = ["IDENTITY", "TTA_TRANSFORMS", "Dihedral", "check_scales", "rescale", "resolve_tta", "scaled_size"]
+
+SCALE_RANGE = (0.25, 4.0)
+"""The input scales ``eval.tta_scales`` accepts."""
 
 
 def _hflip_boxes(boxes: Tensor, width: float) -> Tensor:
@@ -117,3 +123,48 @@ def resolve_tta(names: Sequence[str]) -> list[Dihedral]:
             raise ValueError(f"eval.tta lists {name!r} twice; list each transform once.")
         chosen.append(TTA_TRANSFORMS[name])
     return chosen
+
+
+def check_scales(scales: Sequence[float]) -> list[float]:
+    """``eval.tta_scales`` as a list, if it is not empty and each scale is in :data:`SCALE_RANGE` and listed once.
+
+    Raises:
+        ValueError: The message names the offending value and what is expected.
+
+    Example:
+        >>> check_scales([1.0, 1.25])
+        [1.0, 1.25]
+    """
+    low, high = SCALE_RANGE
+    if not scales:
+        raise ValueError("eval.tta_scales is empty; give at least one input scale, e.g. [1.0] (the plain input)")
+    for scale in scales:
+        if not low <= scale <= high:
+            raise ValueError(
+                f"eval.tta_scales has {scale}, outside [{low:g}, {high:g}]: each is a factor on the model's input "
+                "size (1.0 the plain input); use e.g. [1.0, 1.25]"
+            )
+    if len(set(scales)) < len(scales):
+        raise ValueError(f"eval.tta_scales {list(scales)} lists a scale twice; list each scale once.")
+    return [float(s) for s in scales]
+
+
+def scaled_size(size_hw: Sequence[int], scale: float) -> tuple[int, int]:
+    """``(height, width)`` times ``scale``, rounded to whole pixels (at least one).
+
+    Example:
+        >>> scaled_size((224, 288), 1.25)
+        (280, 360)
+    """
+    return max(1, round(size_hw[0] * scale)), max(1, round(size_hw[1] * scale))
+
+
+def rescale(x: Tensor, size_hw: Sequence[int]) -> Tensor:
+    """An image or map ``[..., H, W]`` resized to ``size_hw`` (bilinear; antialiased when it shrinks)."""
+    size = (int(size_hw[0]), int(size_hw[1]))
+    if tuple(x.shape[-2:]) == size:
+        return x
+    shrinks = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    batch = x.reshape(-1, *x.shape[-3:]) if x.dim() >= 3 else x[None, None]
+    out = nn.functional.interpolate(batch, size=size, mode="bilinear", antialias=shrinks)
+    return out.reshape(*x.shape[:-2], *size)
