@@ -89,6 +89,7 @@ def tiny_overrides(output: Path, *, backbone: str = "test_resnet") -> list[str]:
         "optim.accumulate=1",
         "optim.amp=none",
         "eval.batch_size=2",
+        "eval.tta_scales=[1.0]",
         "run.max_steps_per_epoch=1",
         "run.workers=0",
         "run.device=cpu",

@@ -30,6 +30,7 @@ BCCD_SHORT = [
     "model.head_options={rpn_pre_nms_top_n_train: 400, rpn_post_nms_top_n_train: 200, rpn_pre_nms_top_n_test: 200,"
     " rpn_post_nms_top_n_test: 100, box_batch_size_per_image: 32}",
     "eval.tta=[]",  # one pass: the short run checks learning, not the recipe's inference
+    "eval.tta_scales=[1.0]",
 ]
 DSB_SHORT = [
     "data.image_size=256",

@@ -154,6 +154,23 @@ def test_a_run_that_trains_on_val_keeps_its_last_evaluation(
     assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == summary["best"]["epoch"]
 
 
+@pytest.mark.parametrize("train_on_val", [False, True])
+def test_a_trained_on_val_is_checked_with_one_pass_and_the_test_with_the_recipes_tta(
+    train_on_val: bool, tmp_path: Path, session_cache: Path
+) -> None:
+    overrides = write_dataset("voc", tmp_path / "data") + tiny_overrides(tmp_path / "run")
+    settings = [f"data.train_on_val={train_on_val}", "eval.tta=[hflip]", "eval.tta_scales=[1.0, 1.5]"]
+    recipe = load_recipe(REPO_ROOT / "recipes" / "bccd_faster_rcnn_cpu.yaml", overrides=[*overrides, *settings])
+    trainer = Trainer(recipe, progress=False)
+    images: list[int] = []
+    trainer.model.register_forward_pre_hook(lambda _, args: images.append(len(args[0])))
+    trainer.evaluate()
+    assert sum(images) == len(trainer.eval_set) * (1 if train_on_val else 4)
+    images.clear()
+    trainer.evaluate(trainer.test_set)
+    assert sum(images) == len(trainer.test_set) * 4  # hflip at two scales: the held-out figure gets every pass
+
+
 def test_early_stopping_on_a_trained_on_val_is_refused(tmp_path: Path) -> None:
     overrides = [*write_dataset("voc", tmp_path / "data"), "data.train_on_val=true", "run.early_stopping=3"]
     with pytest.raises(RecipeError, match=r"run.early_stopping=3 watches val, but data.train_on_val trains on val"):

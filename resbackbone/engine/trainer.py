@@ -220,14 +220,20 @@ class Trainer(CheckpointedRun):
             )
         return {**tally.means(), "lr": max(g["lr"] for g in self.optimizer.param_groups)}
 
-    def _predictor(self, model: torch.nn.Module) -> Any:
-        return build_predictor(model, self.recipe, mean=self.mean, std=self.std)
+    def _predictor(self, model: torch.nn.Module, *, single_pass: bool = False) -> Any:
+        recipe = self.recipe
+        if single_pass:
+            plain = recipe.eval.model_copy(update={"tta": [], "tta_scales": [1.0]})
+            recipe = recipe.model_copy(update={"eval": plain})
+        return build_predictor(model, recipe, mean=self.mean, std=self.std)
 
     def evaluate(self, dataset: Dataset | None = None, *, image_log: ImageLog | None = None) -> dict[str, float]:
         """Metrics of the current model (its EMA when enabled) on ``dataset`` (default: the eval split).
 
         The model runs as ``recipe.eval`` says (resolution, windows or tiles, TTA);
-        ``image_log`` receives one row per image.
+        ``image_log`` receives one row per image. An eval split that is trained on
+        (``data.train_on_val``) only checks the fit: it is scored with one pass, the TTA
+        passes kept for the held-out test.
         """
         dataset = dataset if dataset is not None else self.eval_set
         if dataset is None:
@@ -244,7 +250,7 @@ class Trainer(CheckpointedRun):
             ignore_index=self.recipe.data.ignore_index,
             channels_last=self.channels_last,
             progress=self.progress,
-            predictor=self._predictor(model),
+            predictor=self._predictor(model, single_pass=self.selects_last and dataset is self.eval_set),
             image_log=image_log,
         )
 
@@ -309,8 +315,8 @@ class Trainer(CheckpointedRun):
             )
             if self.selects_last:
                 self._log(
-                    "data.train_on_val: the val images are trained on, so val scores are not held out and "
-                    "best.pt is the last evaluation; the test split is the held-out figure."
+                    "data.train_on_val: the val images are trained on, so val scores are not held out (scored "
+                    "with one pass, no TTA) and best.pt is the last evaluation; the test split is the held-out figure."
                 )
         start = time.perf_counter()
         stopped_early = False
