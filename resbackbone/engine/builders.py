@@ -38,7 +38,12 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
 
 
 def build_predictor(
-    model: nn.Module, recipe: Recipe, *, mean: tuple[float, ...], std: tuple[float, ...]
+    model: nn.Module,
+    recipe: Recipe,
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    single_pass: bool = False,
 ) -> Segmenter | Detector:
     """What runs ``model`` in evaluation and prediction, as ``recipe.eval`` says.
 
@@ -51,12 +56,15 @@ def build_predictor(
         recipe: Its recipe (``eval``: windows, tiles, TTA; ``data``: crop and input size).
         mean: Per-channel mean the inputs were normalised with.
         std: Per-channel std.
+        single_pass: Leave out ``eval.tta`` and ``eval.tta_scales`` (windows or tiles stay): one pass.
 
     Returns:
         A callable from model-scale images (and the sizes to answer at) to predictions
         (:func:`~resbackbone.tiling.wrap_segmenter`, :func:`~resbackbone.tiling.wrap_detector`).
     """
     ev, data = recipe.eval, recipe.data
+    if single_pass:
+        ev = ev.model_copy(update={"tta": [], "tta_scales": [1.0]})
     if recipe.task == "detection":
         return wrap_detector(model, tiles=ev.tiles, tile_size=data.crop_hw, tta=ev.tta, scales=ev.tta_scales)
     black = tuple(-m / s for m, s in zip(mean, std))

@@ -221,19 +221,14 @@ class Trainer(CheckpointedRun):
         return {**tally.means(), "lr": max(g["lr"] for g in self.optimizer.param_groups)}
 
     def _predictor(self, model: torch.nn.Module, *, single_pass: bool = False) -> Any:
-        recipe = self.recipe
-        if single_pass:
-            plain = recipe.eval.model_copy(update={"tta": [], "tta_scales": [1.0]})
-            recipe = recipe.model_copy(update={"eval": plain})
-        return build_predictor(model, recipe, mean=self.mean, std=self.std)
+        return build_predictor(model, self.recipe, mean=self.mean, std=self.std, single_pass=single_pass)
 
     def evaluate(self, dataset: Dataset | None = None, *, image_log: ImageLog | None = None) -> dict[str, float]:
         """Metrics of the current model (its EMA when enabled) on ``dataset`` (default: the eval split).
 
         The model runs as ``recipe.eval`` says (resolution, windows or tiles, TTA);
         ``image_log`` receives one row per image. An eval split that is trained on
-        (``data.train_on_val``) only checks the fit: it is scored with one pass, the TTA
-        passes kept for the held-out test.
+        (``data.train_on_val``) only checks the fit: one pass, the TTA kept for the test.
         """
         dataset = dataset if dataset is not None else self.eval_set
         if dataset is None:
