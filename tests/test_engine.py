@@ -2,15 +2,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from resbackbone.engine import Trainer, TrainingError, predict
 from resbackbone.engine.checkpoint import load_checkpoint
+from resbackbone.engine.loaders import WORKER_NICENESS, seed_worker
 from resbackbone.engine.report import RunArtifacts, finish_run
 from resbackbone.recipes import load_recipe
 
@@ -279,3 +281,32 @@ def test_predict_on_a_folder_finds_every_image_type_training_reads(tmp_path: Pat
 def test_predict_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"Checkpoint .*nope\.pt does not exist"):
         predict(tmp_path / "nope.pt", [tmp_path], tmp_path / "out")
+
+
+class _WorkerState(Dataset):
+    """Each item: the niceness of the process that loads it, and a draw from torch's generator."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> tuple[int, float]:
+        return os.nice(0), torch.rand(()).item()
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="the platform has no os.nice")
+def test_loader_workers_run_below_the_training_process_and_draw_the_same_values():
+    def items(workers: int) -> list[tuple[int, float]]:
+        loader = DataLoader(
+            _WorkerState(),
+            batch_size=None,
+            num_workers=workers,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(3),
+        )
+        return [(int(n), float(x)) for n, x in loader]
+
+    parent = os.nice(0)
+    first, second = items(2), items(2)
+    assert {n for n, _ in first} == {min(19, parent + WORKER_NICENESS)}
+    assert os.nice(0) == parent  # the training process keeps its priority
+    assert first == second  # priority changes when a worker runs, not what it draws
