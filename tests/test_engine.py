@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from resbackbone.engine import Trainer, TrainingError, predict
+from resbackbone.engine import Trainer, TrainingError, loaders, predict
 from resbackbone.engine.checkpoint import load_checkpoint
 from resbackbone.engine.loaders import WORKER_NICENESS, seed_worker
 from resbackbone.engine.report import RunArtifacts, finish_run
@@ -294,19 +294,24 @@ class _WorkerState(Dataset):
 
 
 @pytest.mark.skipif(not hasattr(os, "nice"), reason="the platform has no os.nice")
-def test_loader_workers_run_below_the_training_process_and_draw_the_same_values():
-    def items(workers: int) -> list[tuple[int, float]]:
+def test_loader_workers_run_below_the_training_process_and_draw_the_same_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def items() -> list[tuple[int, float]]:
         loader = DataLoader(
             _WorkerState(),
             batch_size=None,
-            num_workers=workers,
+            num_workers=2,
             worker_init_fn=seed_worker,
             generator=torch.Generator().manual_seed(3),
         )
         return [(int(n), float(x)) for n, x in loader]
 
     parent = os.nice(0)
-    first, second = items(2), items(2)
-    assert {n for n, _ in first} == {min(19, parent + WORKER_NICENESS)}
+    lowered = items()
+    assert {n for n, _ in lowered} == {min(19, parent + WORKER_NICENESS)}
     assert os.nice(0) == parent  # the training process keeps its priority
-    assert first == second  # priority changes when a worker runs, not what it draws
+    monkeypatch.setattr(loaders, "WORKER_NICENESS", 0)  # read by each worker as it starts
+    same = items()
+    assert {n for n, _ in same} == {parent}
+    assert [x for _, x in lowered] == [x for _, x in same]  # priority changes when a worker runs, not what it draws
