@@ -12,9 +12,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from resbackbone.engine import Trainer, TrainingError, loaders, predict
 from resbackbone.engine.checkpoint import load_checkpoint
+from resbackbone.engine.distributed import DistContext
 from resbackbone.engine.loaders import WORKER_NICENESS, seed_worker
 from resbackbone.engine.report import RunArtifacts, finish_run
-from resbackbone.recipes import load_recipe
+from resbackbone.recipes import RunConfig, load_recipe
 
 from .conftest import REPO_ROOT
 from .engine_data import tiny_overrides, write_dataset
@@ -315,3 +316,35 @@ def test_loader_workers_run_below_the_training_process_and_draw_the_same_values(
     same = items()
     assert {n for n, _ in same} == {parent}
     assert [x for _, x in lowered] == [x for _, x in same]  # priority changes when a worker runs, not what it draws
+
+
+class _Draws(Dataset):
+    """Item ``i``: ``i`` and a draw from torch's generator."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index: int) -> tuple[int, float]:
+        return index, torch.rand(()).item()
+
+
+def test_training_items_are_a_function_of_the_seed_epoch_and_index_whatever_the_workers() -> None:
+    def epochs(workers: int, start: int = 0, count: int = 3) -> list[list[tuple[int, float]]]:
+        run = RunConfig(seed=5, workers=workers)
+        loader = loaders.make_loader(_Draws(), 2, train=True, task="segmentation", run=run, ctx=DistContext())
+        assert loader.persistent_workers == (workers > 0)
+        seen = []
+        for epoch in range(start, start + count):
+            loader.sampler.set_epoch(epoch)
+            seen.append([(int(i), float(x)) for index, draw in loader for i, x in zip(index, draw)])
+        return seen
+
+    state = torch.get_rng_state()
+    inline = epochs(0)
+    assert torch.equal(torch.get_rng_state(), state)  # loading in the training process leaves its draws alone
+    assert epochs(2) == inline  # workers that persist from epoch to epoch draw what the training process would
+    assert epochs(2, start=1, count=2) == inline[1:]  # a run resumed at epoch 1
+    assert all(sorted(i for i, _ in epoch) == list(range(10)) for epoch in inline)
+    assert [i for i, _ in inline[0]] != [i for i, _ in inline[1]]  # shuffled anew each epoch
+    draws = [dict(epoch) for epoch in inline]
+    assert all(draws[0][i] != draws[1][i] for i in range(10))  # and augmented anew

@@ -17,8 +17,8 @@ and for segmentation a target dict ``{"mask", "orig_size", "path"}`` with the
 mask at the file's size. Batch such items with :func:`detection_collate`.
 
 Training augmentations draw their randomness from torch's generator (one seed
-per item), so ``torch.manual_seed`` — per DataLoader worker as torch seeds
-them — makes a run's augmentations reproducible.
+per item), so ``torch.manual_seed`` makes them reproducible; the training
+loader seeds it for every item (:class:`~resbackbone.engine.loaders.SeededItems`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from timm.utils import ModelEmaV3
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from ..recipes import Recipe
 from .acceleration import autocast
@@ -145,9 +145,10 @@ def train_epoch(
 ) -> EpochTally:
     """Train on the first ``total`` batches of ``loader``, one update per ``optim.accumulate`` of them (and at the end).
 
-    The loader's order is a function of ``run.seed`` and ``epoch`` alone (its
-    generator, or its distributed sampler, is seeded here), so a resumed run
-    sees the batches the uninterrupted one saw.
+    The loader's order and augmentations are a function of ``run.seed`` and
+    ``epoch`` alone (its :class:`~resbackbone.engine.loaders.EpochSampler` is
+    set to the epoch here), so a resumed run sees the batches the uninterrupted
+    one saw.
 
     Args:
         recipe: The run's recipe (``optim`` and ``run`` sections).
@@ -172,9 +173,7 @@ def train_epoch(
 
     optim, run = recipe.optim, recipe.run
     optimizer = train_state.optimizer
-    if isinstance(loader.sampler, DistributedSampler):
-        loader.sampler.set_epoch(epoch)
-    loader.generator.manual_seed(run.seed + epoch)
+    loader.sampler.set_epoch(epoch)  # an EpochSampler: the order and augmentations of run.seed and epoch alone
     tally = EpochTally()
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{optim.epochs}", disable=not progress, leave=False)
