@@ -28,6 +28,7 @@ from ..recipes import Recipe, RunConfig
 from .distributed import DistContext
 
 __all__ = [
+    "PERSISTENT_WORKERS",
     "WORKER_NICENESS",
     "EpochSampler",
     "SeededItems",
@@ -42,6 +43,10 @@ __all__ = [
 # machine whose cores the step's threads fill, workers then decode in the step's idle gaps
 # instead of preempting one of its threads (which stalls the others at their next barrier)
 WORKER_NICENESS = 19
+# Whether a training loader keeps its workers from epoch to epoch (read by make_loader; the
+# benchmarks turn it off to compare): forking them anew makes the training process copy the
+# pages it writes next, which cost the BCCD recipe's first step of every epoch 1.3 s
+PERSISTENT_WORKERS = True
 
 
 def seed_everything(seed: int) -> None:
@@ -205,6 +210,6 @@ def make_loader(
         drop_last=train and len(dataset) > batch_size,
         generator=torch.Generator().manual_seed(run.seed),
         worker_init_fn=seed_worker,
-        persistent_workers=train and run.workers > 0,
+        persistent_workers=train and run.workers > 0 and PERSISTENT_WORKERS,
         pin_memory=ctx.device.type == "cuda",
     )
