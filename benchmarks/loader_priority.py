@@ -2,10 +2,11 @@
 
 Each round trains ``--epochs`` epochs per mode in a fresh ``Trainer`` (same seed, so the same batches
 and augmentations) and times the epochs after the first (the first forks the workers in every mode);
-modes are interleaved to share the machine's noise, and rounds and medians are reported. ``kept`` is
-the loader as it is (workers kept from epoch to epoch at ``nice`` ``WORKER_NICENESS``); ``forked``
-forks them anew each epoch (``PERSISTENT_WORKERS`` off); ``same`` keeps them at the training process's
-niceness; ``inline`` loads in the training process (``run.workers=0``).
+modes are interleaved, in reverse every other round, to share the machine's noise, and rounds and
+medians are reported. ``kept`` is the loader as it is (workers kept from epoch to epoch at ``nice``
+``WORKER_NICENESS``); ``forked`` forks them anew each epoch (``PERSISTENT_WORKERS`` off); ``same``
+keeps them at the training process's niceness; ``inline`` loads in the training process
+(``run.workers=0``).
 
     python benchmarks/loader_priority.py                               # the BCCD CPU recipe, 2 rounds
     python benchmarks/loader_priority.py --steps 20 --epochs 4         # shorter epochs, more of them
@@ -72,8 +73,8 @@ def main() -> None:
     warnings.simplefilter("ignore")  # the dataset's warnings, once per trainer
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory() as output:
-        for _ in range(args.rounds):
-            for mode in modes:
+        for i in range(args.rounds):
+            for mode in modes if i % 2 == 0 else modes[::-1]:  # ABBA: a drifting host favours no mode
                 times[mode] += epoch_seconds(args, mode, output)
     machine = machine_info()
     where = f"{machine['cpu_model']} ({machine['cpu_cores']} cores), {args.recipe}"
