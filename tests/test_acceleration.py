@@ -22,6 +22,8 @@ from resbackbone.recipes import RecipeError, load_recipe
 from .conftest import REPO_ROOT
 from .engine_data import tiny_overrides
 
+MEASURE = acc.measure_training_steps  # the real one, kept from the tests that time fakes
+
 
 def _recipe(tmp_path: Path, *extra: str) -> object:
     return load_recipe(
@@ -53,12 +55,16 @@ def test_amp_auto_is_fp32_on_a_cpu_without_native_bf16() -> None:
 
 
 def test_amp_auto_follows_the_cpu_instructions_found_at_run_time() -> None:
-    """bf16 where AMX is found; fp32 with AVX512-BF16 alone (native but slower than fp32 for a training step)."""
+    """bf16 where AMX is found; measured where AVX512-BF16 alone is (faster on some processors, slower on others);
+    fp32 where bf16 is not native."""
     amx = torch.cpu._is_amx_tile_supported()
     native = native_low_precision("cpu", torch.bfloat16)
     assert prefers_bf16("cpu") == (native and amx)
     assert acc.resolve_amp("auto", torch.device("cpu")) == ("bf16" if native and amx else "none")
-    assert acc.resolve_amp("bf16", torch.device("cpu")) == "bf16"  # asked for, it is run
+    expected = ("bf16",) if native and amx else ("none", "bf16") if native else ("none",)
+    assert acc.amp_candidates("auto", torch.device("cpu")) == expected
+    assert acc.amp_candidates("none", torch.device("cpu")) == ("none",)
+    assert acc.amp_candidates("bf16", torch.device("cpu")) == ("bf16",)
 
 
 def test_amp_fp16_on_cpu_is_refused() -> None:
@@ -110,45 +116,108 @@ def test_recipes_default_to_amp_auto() -> None:
     )
 
 
+def _timed(monkeypatch: pytest.MonkeyPatch, timings: dict[tuple[str, bool], float]) -> list[dict[str, object]]:
+    """Measure for real (the model must be left alone), then report ``timings`` for the variants asked."""
+    calls: list[dict[str, object]] = []
+
+    def measure(model: torch.nn.Module, variants: list[tuple[str, bool]], **kwargs: object) -> dict:
+        calls.append({"variants": list(variants), **kwargs})
+        assert set(MEASURE(model, variants, rounds=1, **kwargs)) == set(variants)
+        return {variant: timings[variant] for variant in variants}
+
+    monkeypatch.setattr(acc, "measure_training_steps", measure)
+    return calls
+
+
 def test_auto_settings_are_chosen_said_and_recorded(
     tmp_path: Path, session_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A CPU without native bf16 trains in fp32 under amp: auto; channels_last: auto times both formats,
     leaves the model and the random state as they were, and the choice reaches the log and summary.json."""
+    monkeypatch.setattr(acc, "native_low_precision", lambda device, dtype: False)
     monkeypatch.setattr(acc, "prefers_bf16", lambda device: False)
-    timings = {"contiguous": 1.0, "channels_last": 2.0}  # contiguous clearly faster
-    calls = []
-
-    def measure(model: torch.nn.Module, **kwargs: object) -> dict[str, float]:
-        calls.append(kwargs)
-        return acc.measure_training_memory_format(model, **kwargs) and timings
-
-    monkeypatch.setattr("resbackbone.engine.trainer.measure_training_memory_format", measure)
+    calls = _timed(monkeypatch, {("none", False): 1.0, ("none", True): 2.0})  # contiguous clearly faster
     plain = Trainer(_recipe(tmp_path / "plain", "optim.amp=none", "run.channels_last=false"), progress=False)
+    assert not calls, "nothing left to measure was measured"
     rng = torch.get_rng_state()
     trainer = Trainer(_recipe(tmp_path, "optim.amp=auto", "run.channels_last=auto"), progress=True)
     assert torch.equal(torch.get_rng_state(), rng), "measuring consumed the random state"
     plain_state = plain.model.state_dict()
     assert all(torch.equal(plain_state[k], v) for k, v in trainer.model.state_dict().items()), "measuring moved weights"
     assert trainer.amp == "none" and trainer.channels_last is False
-    assert calls and calls[0]["amp"] == "none" and calls[0]["batch"] == 2
+    assert calls[0]["variants"] == [("none", True), ("none", False)] and calls[0]["batch"] == 2
     summary = trainer.fit()
     assert (summary["amp"], summary["channels_last"], summary["compiled"]) == ("none", False, [])
     log = capsys.readouterr().out
     assert "fp32 (amp: auto; bf16 is not faster than fp32 on this cpu), contiguous" in log
-    assert "contiguous (measured: channels-last 2000 ms" in log
+    assert "contiguous (measured: contiguous 1000 ms, channels-last 2000 ms a step)" in log
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["amp"] == "none"
     glibc = acc.configure_malloc("reuse")  # the recipe's default, already in force
     assert summary["malloc_reuse"] is glibc and ("freed buffers kept for reuse" in log) is glibc
 
 
-def test_memory_format_measurement_leaves_the_model_alone() -> None:
+@pytest.mark.parametrize(
+    ("bf16_s", "expected"), [(0.5, "bf16"), (0.95, "none"), (1.5, "none")], ids=["bf16-faster", "near-tie", "slower"]
+)
+def test_amp_auto_is_measured_where_bf16_is_native_without_amx(
+    bf16_s: float, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AVX512-BF16 without AMX: bf16 only when a step is at least 10 % faster; the layout chosen under it."""
+    monkeypatch.setattr(acc, "native_low_precision", lambda device, dtype: True)
+    monkeypatch.setattr(acc, "prefers_bf16", lambda device: False)
+    timings = {("none", True): 1.0, ("none", False): 1.05, ("bf16", True): bf16_s * 1.3, ("bf16", False): bf16_s}
+    from resbackbone import build_segmenter
+
+    model = build_segmenter("deeplabv3plus", backbone="test_resnet", num_classes=3).train()
+    shape = {
+        "task": "segmentation",
+        "loss_fn": lambda out, y: {"ce": torch.nn.functional.cross_entropy(out, y)},
+        "batch": 2,
+        "hw": (32, 32),
+        "in_chans": 3,
+        "num_classes": 3,
+        "device": torch.device("cpu"),
+    }
+    _timed(monkeypatch, timings)
+    speed = acc.choose_training_speed(model, amp="auto", channels_last="auto", **shape)
+    assert speed.amp == expected and speed.amp_measured
+    assert speed.channels_last is (expected == "none"), "the layout follows the timings of the precision chosen"
+    assert "fp32 channels-last 1000 ms" in speed.measured_text()
+    text = acc.precision_text("auto", speed.amp, torch.device("cpu"), measured=True)
+    assert text.endswith(f"bf16 measured {'faster' if expected == 'bf16' else 'not faster'} than fp32 on this cpu)")
+    fixed = acc.choose_training_speed(model, amp="auto", channels_last=True, **shape)
+    assert (fixed.amp, fixed.channels_last) == ("bf16" if bf16_s * 1.3 <= 0.9 else "none", True)
+    assert set(fixed.timings) == {("none", True), ("bf16", True)}
+    assert acc.choose_training_speed(model, amp="none", channels_last=False, **shape).timings == {}
+
+
+def test_a_resumed_run_goes_on_in_the_precision_it_began_in(
+    tmp_path: Path, session_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(acc, "native_low_precision", lambda device, dtype: True)
+    monkeypatch.setattr(acc, "prefers_bf16", lambda device: False)
+    faster = {("none", False): 1.0, ("bf16", False): 0.5}
+    _timed(monkeypatch, faster)
+    first = Trainer(_recipe(tmp_path, "optim.amp=auto"), progress=False)
+    assert first.amp == "bf16"
+    first.fit()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["amp"] == "bf16"
+    _timed(monkeypatch, {("none", False): 0.5, ("bf16", False): 1.0})  # this start measures fp32 faster
+    resumed = Trainer(_recipe(tmp_path, "optim.amp=auto", "optim.epochs=2"), progress=False, resume=True)
+    assert resumed.amp == "bf16"
+    assert "The run began in bf16 autocast and goes on in it" in capsys.readouterr().out
+    assert resumed.fit()["amp"] == "bf16"
+
+
+def test_step_measurement_leaves_the_model_alone() -> None:
     from resbackbone import build_segmenter
 
     model = build_segmenter("deeplabv3plus", backbone="test_resnet", num_classes=3).train()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    times = acc.measure_training_memory_format(
+    variants = [("none", False), ("none", True), ("bf16", True)]
+    times = acc.measure_training_steps(
         model,
+        variants,
         task="segmentation",
         loss_fn=lambda out, y: {"ce": torch.nn.functional.cross_entropy(out, y)},
         batch=2,
@@ -156,10 +225,9 @@ def test_memory_format_measurement_leaves_the_model_alone() -> None:
         in_chans=3,
         num_classes=3,
         device=torch.device("cpu"),
-        amp="none",
         rounds=1,
     )
-    assert set(times) == {"contiguous", "channels_last"} and all(t > 0 for t in times.values())
+    assert list(times) == variants and all(t > 0 for t in times.values())
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert acc.prefer_channels_last({"contiguous": 1.0, "channels_last": 1.05})
     assert not acc.prefer_channels_last({"contiguous": 1.0, "channels_last": 1.2})

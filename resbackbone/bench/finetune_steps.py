@@ -6,7 +6,8 @@ take it, in variants of the recipe's ``optim.amp`` / ``run.channels_last`` /
 ``run.compile``:
 
 - ``fp32``: ``amp: none``;
-- ``amp-auto``: what ``amp: auto`` picks on this device (bf16 where native, else fp32);
+- ``amp-auto``: what ``amp: auto`` picks on this device (bf16 where native and known faster, else fp32;
+  where a run times both, bf16: the ``fp32`` row is the other);
 - ``amp-auto+cl``: and channels-last;
 - ``amp-auto+compile``: and the compiled step (``run.compile``).
 
@@ -70,13 +71,14 @@ def run_finetune_steps(
     """Seconds per training step of each model in each of :data:`FINETUNE_VARIANTS`, on the CPU.
 
     Returns:
-        ``{"amp_auto": the precision auto chose, "rows": [{model, variant, step_ms_p50, images_per_s,
+        ``{"amp_auto": the precision auto chose, or ``"measured"``, "rows": [{model, variant, step_ms_p50, images_per_s,
         speedup_vs_fp32}]}``.
     """
-    from ..engine.acceleration import compile_for_training, resolve_amp, sample_batch
+    from ..engine.acceleration import amp_candidates, compile_for_training, sample_batch
 
     device = torch.device("cpu")
-    auto = resolve_amp("auto", device)
+    candidates = amp_candidates("auto", device)
+    auto = candidates[-1]
     settings = {
         "fp32": ("none", False, False),
         "amp-auto": (auto, False, False),
@@ -122,16 +124,17 @@ def run_finetune_steps(
                 }
             )
     config = {"backbone": backbone, "batch_size": batch_size, "size": size, "repeats": repeats}
-    return {"config": config, "amp_auto": auto, "rows": rows}
+    return {"config": config, "amp_auto": auto if len(candidates) == 1 else "measured", "rows": rows}
 
 
 def format_finetune_steps(result: dict[str, Any]) -> str:
     """A Markdown table of :func:`run_finetune_steps`'s rows."""
     config = result["config"]
+    auto = result["amp_auto"]
+    chose = "times bf16 (the amp-auto rows) against fp32 at a run's start" if auto == "measured" else f"chose {auto}"
     lines = [
         f"Training step (forward, loss, backward, SGD update) on {config['backbone']}, batch {config['batch_size']}, "
-        f"{config['size']}×{config['size']}, median of {config['repeats']} interleaved steps; amp: auto chose "
-        f"{result['amp_auto']} here.",
+        f"{config['size']}×{config['size']}, median of {config['repeats']} interleaved steps; amp: auto {chose} here.",
         "",
         "| model | variant | autocast | step ms (p50) | images/s | × fp32 |",
         "| --- | --- | --- | ---: | ---: | ---: |",

@@ -1,5 +1,5 @@
-"""How a training run is made fast: the precision ``optim.amp: auto`` picks, the memory format
-``run.channels_last: auto`` measures, the compiled training step of ``run.compile``, and the
+"""How a training run is made fast: the precision ``optim.amp: auto`` picks (or measures), the
+memory format ``run.channels_last: auto`` measures, the compiled training step of ``run.compile``, and the
 process's ``malloc`` kept from returning tensor buffers to the system (``run.malloc``).
 
 ``auto`` settings are resolved once, when the :class:`~resbackbone.engine.Trainer`
@@ -13,25 +13,33 @@ import copy
 import ctypes
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..optimize.compiling import prefer_channels_last, prefers_bf16
+from ..optimize.compiling import native_low_precision, prefer_channels_last, prefers_bf16
 
 __all__ = [
+    "BF16_MARGIN",
+    "TrainingSpeed",
+    "amp_candidates",
     "autocast",
+    "choose_training_speed",
     "compile_for_training",
     "configure_malloc",
     "glibc",
-    "measure_training_memory_format",
+    "measure_training_steps",
     "precision_text",
     "prefer_channels_last",
     "resolve_amp",
     "sample_batch",
 ]
+
+BF16_MARGIN = 0.9
+"""Measured under ``amp: auto``, bf16 is chosen only when its step is at least 10 % faster than fp32's."""
 
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -54,12 +62,12 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
-    """The autocast precision ``optim.amp`` means on ``device``: ``"none"``, ``"bf16"`` or ``"fp16"``.
+    """The autocast precision ``optim.amp`` means on ``device`` without measuring: ``"none"``, ``"bf16"`` or ``"fp16"``.
 
-    ``"auto"`` is ``"bf16"`` where bf16 is native and faster than fp32 (CUDA with
-    bf16 support; a CPU with AMX, as :func:`~resbackbone.optimize.prefers_bf16`
-    checks), else ``"none"``: an emulated bf16 step is slower than fp32, and so is
-    a native one on AVX512-BF16 without AMX.
+    ``"auto"`` is ``"bf16"`` where bf16 is native and known to be faster than fp32
+    (CUDA with bf16 support; a CPU with AMX, as :func:`~resbackbone.optimize.prefers_bf16`
+    checks), else ``"none"``. Training measures where this cannot know (see
+    :func:`amp_candidates`); evaluation and prediction on their own take this answer.
 
     Raises:
         ValueError: ``"fp16"`` on a device other than CUDA.
@@ -71,12 +79,28 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     return "bf16" if prefers_bf16(device) else "none"
 
 
-def precision_text(asked: str, resolved: str, device: torch.device) -> str:
-    """What ``optim.amp: asked`` came to on ``device``, for a run's start line and summary."""
+def amp_candidates(amp: str, device: torch.device) -> tuple[str, ...]:
+    """The precisions a training run chooses from under ``optim.amp``: one, or ``("none", "bf16")`` to measure.
+
+    ``auto`` on a CPU that computes bf16 natively (AVX512-BF16) but has no AMX is
+    measured, since the answer depends on the processor: bf16 autocast made a
+    Faster R-CNN training step 0.80x as fast as fp32 on a 2-core Xeon, and 1.8x
+    as fast on a 2-core AMD EPYC of the Zen 5 generation. Elsewhere the answer
+    of :func:`resolve_amp` stands.
+    """
+    resolved = resolve_amp(amp, device)
+    if amp == "auto" and resolved == "none" and device.type == "cpu" and native_low_precision(device, torch.bfloat16):
+        return ("none", "bf16")
+    return (resolved,)
+
+
+def precision_text(asked: str, resolved: str, device: torch.device, *, measured: bool = False) -> str:
+    """What ``optim.amp: asked`` came to on ``device`` (``measured``: chosen by timing both), for a run's start line
+    and summary."""
     text = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[resolved]
     if asked == "auto":
         faster = "faster" if resolved == "bf16" else "not faster"
-        text += f" (amp: auto; bf16 is {faster} than fp32 on this {device.type})"
+        text += f" (amp: auto; bf16 {'measured ' if measured else 'is '}{faster} than fp32 on this {device.type})"
     return text
 
 
@@ -150,8 +174,13 @@ def sample_batch(task: str, batch: int, in_chans: int, hw: tuple[int, int], num_
     return list(images), targets
 
 
-def measure_training_memory_format(
+def _layout_name(channels_last: bool) -> str:
+    return "channels_last" if channels_last else "contiguous"
+
+
+def measure_training_steps(
     model: nn.Module,
+    variants: Sequence[tuple[str, bool]],
     *,
     task: str,
     loss_fn: Any,
@@ -160,10 +189,9 @@ def measure_training_memory_format(
     in_chans: int,
     num_classes: int,
     device: torch.device,
-    amp: str,
     rounds: int = 2,
-) -> dict[str, float]:
-    """Seconds of one training step (forward and backward, no update) in each memory format.
+) -> dict[tuple[str, bool], float]:
+    """Seconds of one training step (forward and backward, no update) in each ``(amp, channels_last)`` variant.
 
     Copies of ``model`` take the steps on a synthetic batch of the run's shape, in
     alternating rounds (best of ``rounds`` after one warm-up each); the model, its
@@ -171,6 +199,7 @@ def measure_training_memory_format(
 
     Args:
         model: The model to train (not changed).
+        variants: ``(resolved autocast precision, channels-last)`` pairs to time.
         task: ``"detection"`` or ``"segmentation"``.
         loss_fn: Segmentation: ``(output, masks) -> {name: loss}``; ignored for detection.
         batch: Images per step.
@@ -178,18 +207,17 @@ def measure_training_memory_format(
         in_chans: Input channels.
         num_classes: Classes the head predicts.
         device: Where the run trains.
-        amp: The resolved autocast precision.
-        rounds: Timed steps per format.
+        rounds: Timed steps per variant.
 
     Returns:
-        ``{"contiguous": seconds, "channels_last": seconds}``.
+        ``{(amp, channels_last): seconds}``.
     """
     images, targets = sample_batch(task, batch, in_chans, hw, num_classes)
-    formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-    times: dict[str, list[float]] = {name: [] for name in formats}
+    times: dict[tuple[str, bool], list[float]] = {variant: [] for variant in variants}
     with _rng_kept():
         runs = {}
-        for name, fmt in formats.items():
+        for amp, channels_last in variants:
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
             trial = copy.deepcopy(model).to(device, memory_format=fmt).train()
             if isinstance(images, Tensor):
                 x: Any = images.to(device, memory_format=fmt)
@@ -197,26 +225,78 @@ def measure_training_memory_format(
             else:
                 x = [im.to(device) for im in images]
                 y = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            runs[name] = (trial, x, y)
+            runs[(amp, channels_last)] = (trial, x, y)
 
-        def step(trial: nn.Module, x: Any, y: Any) -> None:
+        def step(amp: str, trial: nn.Module, x: Any, y: Any) -> None:
             with autocast(device, amp):
                 losses = trial(x, y) if task == "detection" else loss_fn(trial(x), y)
             sum(losses.values()).backward()
             trial.zero_grad(set_to_none=True)
 
-        for run in runs.values():
-            step(*run)
+        for (amp, _), run in runs.items():
+            step(amp, *run)
         for _ in range(rounds):
-            for name, run in runs.items():
+            for variant, run in runs.items():
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 start = time.perf_counter()
-                step(*run)
+                step(variant[0], *run)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                times[name].append(time.perf_counter() - start)
-    return {name: min(values) for name, values in times.items()}
+                times[variant].append(time.perf_counter() - start)
+    return {variant: min(values) for variant, values in times.items()}
+
+
+@dataclass(frozen=True)
+class TrainingSpeed:
+    """What ``optim.amp`` and ``run.channels_last`` came to for a run, and the step timings that chose them."""
+
+    amp: str
+    channels_last: bool
+    timings: dict[tuple[str, bool], float] = field(default_factory=dict)
+
+    @property
+    def amp_measured(self) -> bool:
+        """Whether the precision was chosen by timing both."""
+        return len({amp for amp, _ in self.timings}) > 1
+
+    def measured_text(self) -> str:
+        """The timings, e.g. ``"bf16 channels-last 232 ms, fp32 channels-last 425 ms a step"``; ``""`` if none."""
+        if not self.timings:
+            return ""
+        names = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
+        parts = [
+            (f"{names[amp]} " if self.amp_measured else "") + f"{_layout_name(cl).replace('_', '-')} {s * 1e3:.0f} ms"
+            for (amp, cl), s in sorted(self.timings.items(), key=lambda item: item[1])
+        ]
+        return ", ".join(parts) + " a step"
+
+
+def choose_training_speed(model: nn.Module, *, amp: str, channels_last: bool | str, **shape: Any) -> TrainingSpeed:
+    """Resolve ``optim.amp`` and ``run.channels_last`` for a run, timing a training step where either is ``auto``.
+
+    The precisions are :func:`amp_candidates`'s; bf16 is taken over fp32 only when
+    its best step is :data:`BF16_MARGIN` of fp32's or less, and the memory format is
+    then chosen under that precision as :func:`prefer_channels_last` does.
+
+    Args:
+        model: The model to train (not changed).
+        amp: ``optim.amp``.
+        channels_last: ``run.channels_last``: ``True``, ``False`` or ``"auto"``.
+        **shape: The keyword arguments of :func:`measure_training_steps` (task, loss_fn, batch, hw,
+            in_chans, num_classes, device).
+    """
+    amps = amp_candidates(amp, shape["device"])
+    layouts = (True, False) if channels_last == "auto" else (bool(channels_last),)
+    if len(amps) == 1 and len(layouts) == 1:
+        return TrainingSpeed(amps[0], layouts[0])
+    timings = measure_training_steps(model, [(a, cl) for a in amps for cl in layouts], **shape)
+    best = {a: min(timings[(a, cl)] for cl in layouts) for a in amps}
+    chosen = "bf16" if len(amps) > 1 and best["bf16"] <= BF16_MARGIN * best["none"] else amps[0]
+    layout = layouts[0]
+    if len(layouts) > 1:
+        layout = prefer_channels_last({_layout_name(cl): timings[(chosen, cl)] for cl in layouts})
+    return TrainingSpeed(chosen, layout, timings)
 
 
 def compile_for_training(model: nn.Module, task: str) -> list[str]:

@@ -24,12 +24,11 @@ from ..data import class_names
 from ..recipes import Recipe
 from . import distributed
 from .acceleration import (
+    TrainingSpeed,
+    choose_training_speed,
     compile_for_training,
     configure_malloc,
-    measure_training_memory_format,
     precision_text,
-    prefer_channels_last,
-    resolve_amp,
 )
 from .builders import (
     build_model,
@@ -85,7 +84,6 @@ class Trainer(CheckpointedRun):
         self.recipe = recipe
         self.ctx = distributed.setup(recipe.run.device)
         self.device = self.ctx.device
-        self.amp = resolve_amp(recipe.optim.amp, self.device)
         self.malloc_reuse = configure_malloc(recipe.run.malloc)
         self.output = Path(output or recipe.run.output.format(name=recipe.name))
         self.progress = progress and self.ctx.is_main
@@ -102,8 +100,8 @@ class Trainer(CheckpointedRun):
         self.seg_loss = (
             SegmentationLoss(recipe.model.loss, recipe.data.ignore_index) if self.task == "segmentation" else None
         )
-        self.memory_format_timings: dict[str, float] = {}
-        self.channels_last = self._choose_channels_last(model, num_classes)
+        self.speed = self._choose_speed(model, num_classes)
+        self.amp, self.channels_last = self.speed.amp, self.speed.channels_last
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -137,13 +135,12 @@ class Trainer(CheckpointedRun):
 
     # ------------------------------------------------------------------ setup helpers
 
-    def _choose_channels_last(self, model: torch.nn.Module, num_classes: int) -> bool:
-        """``run.channels_last``, with ``auto`` measured on a training step of the run's shape."""
-        choice = self.recipe.run.channels_last
-        if choice != "auto":
-            return bool(choice)
-        self.memory_format_timings = measure_training_memory_format(
+    def _choose_speed(self, model: torch.nn.Module, num_classes: int) -> TrainingSpeed:
+        """``optim.amp`` and ``run.channels_last``, timed on a training step of the run's shape where ``auto``."""
+        return choose_training_speed(
             model,
+            amp=self.recipe.optim.amp,
+            channels_last=self.recipe.run.channels_last,
             task=self.task,
             loss_fn=self.seg_loss,
             batch=self.recipe.optim.batch_size,
@@ -151,9 +148,7 @@ class Trainer(CheckpointedRun):
             in_chans=self.backbone.in_chans,
             num_classes=num_classes,
             device=self.device,
-            amp=self.amp,
         )
-        return prefer_channels_last(self.memory_format_timings)
 
     def _loader(self, dataset: Dataset, batch_size: int, *, train: bool) -> DataLoader:
         return make_loader(dataset, batch_size, train=train, task=self.task, run=self.recipe.run, ctx=self.ctx)
@@ -169,6 +164,7 @@ class Trainer(CheckpointedRun):
     def _state(self) -> dict[str, Any]:
         return {
             **self._run_state(),
+            "amp": self.amp,
             "classes": self.classes,
             "recipe": self.recipe.model_dump(mode="json", by_alias=True),
         }
@@ -186,7 +182,12 @@ class Trainer(CheckpointedRun):
 
     def _resume(self) -> None:
         path = self.output / "last.pt"
-        self._restore(resume_state(path, self.classes), path)
+        state = resume_state(path, self.classes)
+        self._restore(state, path)
+        if state.get("amp", self.amp) != self.amp:  # a last.pt from before the precision was kept: as chosen now
+            began = precision_text(state["amp"], state["amp"], self.device)
+            self._log(f"The run began in {began} and goes on in it (this start measured otherwise).")
+            self.amp = state["amp"]
 
     # ------------------------------------------------------------------ training
 
@@ -365,11 +366,10 @@ class Trainer(CheckpointedRun):
     def _speed_line(self) -> str:
         """What ``optim.amp``, ``run.channels_last``, ``run.compile`` and ``run.malloc`` came to, for the start line."""
         run = self.recipe.run
-        amp = precision_text(self.recipe.optim.amp, self.amp, self.device)
+        amp = precision_text(self.recipe.optim.amp, self.amp, self.device, measured=self.speed.amp_measured)
         layout = "channels-last" if self.channels_last else "contiguous"
-        if self.memory_format_timings:
-            ms = {k: f"{v * 1e3:.0f} ms" for k, v in self.memory_format_timings.items()}
-            layout += f" (measured: channels-last {ms['channels_last']}, contiguous {ms['contiguous']} a step)"
+        if self.speed.timings:
+            layout += f" (measured: {self.speed.measured_text()})"
         return (
             f"{amp}, {layout}"
             + (", compiled" if run.compile else "")

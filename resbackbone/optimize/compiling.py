@@ -140,5 +140,5 @@ def compile_frozen(module: nn.Module, *, mode: str | None = None) -> Any:
 
 def prefer_channels_last(timings: dict[str, float]) -> bool:
     """Channels-last unless contiguous was at least 10 % faster in the ``timings`` of a measurement
-    (:func:`measure_memory_format`, or training's ``measure_training_memory_format``)."""
+    (:func:`measure_memory_format`, or training's ``measure_training_steps``)."""
     return timings["contiguous"] > CONTIGUOUS_MARGIN * timings["channels_last"]

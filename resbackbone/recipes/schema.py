@@ -169,8 +169,9 @@ class OptimConfig(_Section):
         milestones: ``step``: epochs at which the rate is multiplied by ``gamma``.
         gamma: ``step``: the factor.
         amp: ``auto`` (bf16 where the device computes it natively and faster than fp32 — CUDA with
-            bf16, CPUs with AMX; AVX512-BF16 alone is native but slower — else ``none``; the run's
-            summary says which), ``none`` (fp32),
+            bf16, CPUs with AMX; on AVX512-BF16 without AMX, faster on some processors and slower on
+            others, a training step is timed in both at the start and bf16 taken when it is 10 %
+            faster — else ``none``; the run's start line and summary say which), ``none`` (fp32),
             ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with a gradient scaler).
         ema: Decay of an exponential moving average of the weights, evaluated
             and saved as the model (e.g. 0.999); ``null`` for none. It is reached after a
