@@ -78,9 +78,9 @@ class Pretrainer(CheckpointedRun):
         self.ctx = distributed.setup(recipe.run.device)
         self.device = self.ctx.device
         optim, m, p = recipe.optim, recipe.model, recipe.pretrain
+        # optim.amp: auto and run.channels_last: auto are not measured for pretraining (the methods differ in their
+        # step): auto takes resolve_amp's answer, which is fp32 on a CPU without AMX, and the default layout
         self.amp = resolve_amp(optim.amp, self.device)
-        # run.channels_last: auto is not measured for pretraining (the methods differ in their step); it keeps
-        # the default layout
         self.channels_last = recipe.run.channels_last is True
         self.output = Path(output or recipe.run.output.format(name=recipe.name))
         self.progress = progress and self.ctx.is_main
