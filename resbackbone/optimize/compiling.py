@@ -60,11 +60,14 @@ def prefers_bf16(device: torch.device | str) -> bool:
 
     On CUDA, native bf16 (compute capability 8.0 or newer). On a CPU, native bf16
     *and* AMX tiles, checked when called. AVX512-BF16 alone computes bf16
-    natively but not faster: on a 2-core AVX512-BF16 Xeon without AMX, bf16
-    autocast made a ResNet-18 DeepLabV3+ training step 0.79x and a Faster R-CNN
-    step 0.80x as fast as fp32, and a whole ResNet-50 DeepLabV3+ inference 0.91x
-    (``resbackbone bench --models``), where with AMX the bf16 fast path is several
-    times faster than fp32. An explicit ``amp: bf16`` or ``dtype=torch.bfloat16`` still runs bf16.
+    natively, faster on some processors and slower on others: on a 2-core Xeon
+    without AMX, bf16 autocast made a ResNet-18 DeepLabV3+ training step 0.79x and
+    a Faster R-CNN step 0.80x as fast as fp32, and a whole ResNet-50 DeepLabV3+
+    inference 0.91x (``resbackbone bench --models``); on a 2-core Zen 5 EPYC both
+    training steps ran 1.8x as fast. So this answers no there, and training times
+    the two (``resbackbone.engine.acceleration.amp_candidates``); with AMX the bf16
+    fast path is several times faster than fp32. An explicit ``amp: bf16`` or
+    ``dtype=torch.bfloat16`` still runs bf16.
     """
     device = torch.device(device)
     if not native_low_precision(device, torch.bfloat16):
