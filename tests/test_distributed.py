@@ -7,8 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed as dist
 
-from resbackbone.engine import evaluate_checkpoint
+from resbackbone.engine import distributed, evaluate_checkpoint
+from resbackbone.engine.acceleration import TrainingSpeed
 from resbackbone.recipes import load_recipe
 
 from .conftest import REPO_ROOT
@@ -39,3 +42,22 @@ def test_two_processes_on_gloo_agree_with_one(tmp_path: Path, session_cache: Pat
     two = json.loads(lines[-1])
     assert two["val/miou"] == pytest.approx(single["miou"], abs=1e-9)
     assert two["val/dice"] == pytest.approx(single["dice"], abs=1e-9)
+
+
+def _agree(rank: int, init: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        ctx = distributed.DistContext(rank=rank, world_size=2)
+        measured = TrainingSpeed("bf16" if rank == 0 else "none", rank == 0, {("bf16", rank == 0): 0.1 * (rank + 1)})
+        chosen = distributed.agree(measured, ctx)
+        Path(out, f"{rank}.json").write_text(json.dumps([chosen.amp, chosen.channels_last, list(chosen.timings)]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_trains_as_rank_zero_measured(tmp_path: Path) -> None:
+    """Each rank times its own steps; the precision and layout of rank 0 are taken by all (DDP ranks that
+    chose apart would compute the same update in different precisions)."""
+    torch.multiprocessing.spawn(_agree, args=(f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"{rank}.json").read_text()) == ["bf16", True, [["bf16", True]]], rank

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 __all__ = [
     "DistContext",
     "TrainModel",
+    "agree",
     "all_finite",
     "broadcast_buffers",
     "broadcast_state",
@@ -127,6 +129,18 @@ def all_finite(loss: Tensor, ctx: DistContext) -> bool:
         flag = flag.to(ctx.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
+
+
+T = TypeVar("T")
+
+
+def agree(value: T, ctx: DistContext) -> T:
+    """Rank 0's ``value`` in every process: a choice each rank would otherwise make from its own measurement."""
+    if not ctx.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=ctx.device if ctx.device.type == "cuda" else None)
+    return box[0]
 
 
 def broadcast_buffers(model: nn.Module, ctx: DistContext) -> None:

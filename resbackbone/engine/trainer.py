@@ -100,7 +100,7 @@ class Trainer(CheckpointedRun):
         self.seg_loss = (
             SegmentationLoss(recipe.model.loss, recipe.data.ignore_index) if self.task == "segmentation" else None
         )
-        self.speed = self._choose_speed(model, num_classes)
+        self.speed = distributed.agree(self._choose_speed(model, num_classes), self.ctx)  # one choice for all ranks
         self.amp, self.channels_last = self.speed.amp, self.speed.channels_last
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
