@@ -83,11 +83,13 @@ def test_evaluating_a_checkpoint_repeats_the_runs_own_evaluation(
     tmp_path: Path, session_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``amp: auto`` resolves the same way in ``evaluate`` as in training (it once reached autocast as fp16),
-    and ``--fast`` scores as eager does. fp32 on every machine: an AMX CPU or a GPU would pick bf16."""
+    and ``--fast`` scores as eager does. fp32 on every machine: an AMX CPU or a GPU would pick bf16, and
+    training on AVX512-BF16 alone could measure bf16 faster, where evaluation takes the static answer."""
     from resbackbone.engine import evaluate_checkpoint
     from resbackbone.optimize import models as fast_models
 
     monkeypatch.setattr(acc, "prefers_bf16", lambda device: False)
+    monkeypatch.setattr(acc, "native_low_precision", lambda device, dtype: False)
     monkeypatch.setattr(fast_models, "prefers_bf16", lambda device: False)
 
     trainer = Trainer(_recipe(tmp_path, "optim.amp=auto"), progress=False)
