@@ -61,6 +61,7 @@ def test_amp_auto_follows_the_cpu_instructions_found_at_run_time() -> None:
     native = native_low_precision("cpu", torch.bfloat16)
     assert prefers_bf16("cpu") == (native and amx)
     assert acc.resolve_amp("auto", torch.device("cpu")) == ("bf16" if native and amx else "none")
+    assert acc.resolve_amp("bf16", torch.device("cpu")) == "bf16"  # asked for, it is run
     expected = ("bf16",) if native and amx else ("none", "bf16") if native else ("none",)
     assert acc.amp_candidates("auto", torch.device("cpu")) == expected
     assert acc.amp_candidates("none", torch.device("cpu")) == ("none",)
@@ -209,6 +210,9 @@ def test_a_resumed_run_goes_on_in_the_precision_it_began_in(
     assert resumed.amp == "bf16"
     assert "The run began in bf16 autocast and goes on in it" in capsys.readouterr().out
     assert resumed.fit()["amp"] == "bf16"
+    start = capsys.readouterr().out
+    assert "bf16 autocast (amp: auto; as the run began, kept on --resume)" in start
+    assert "(measured: fp32 contiguous 500 ms, bf16 contiguous 1000 ms a step)" in start
 
 
 def test_step_measurement_leaves_the_model_alone() -> None:

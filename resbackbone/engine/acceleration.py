@@ -94,11 +94,16 @@ def amp_candidates(amp: str, device: torch.device) -> tuple[str, ...]:
     return (resolved,)
 
 
-def precision_text(asked: str, resolved: str, device: torch.device, *, measured: bool = False) -> str:
-    """What ``optim.amp: asked`` came to on ``device`` (``measured``: chosen by timing both), for a run's start line
-    and summary."""
+def precision_text(
+    asked: str, resolved: str, device: torch.device, *, measured: bool = False, kept: bool = False
+) -> str:
+    """What ``optim.amp: asked`` came to on ``device``, for a run's start line and summary.
+
+    ``measured``: chosen by timing both; ``kept``: a resumed run's, the precision the run began in."""
     text = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[resolved]
-    if asked == "auto":
+    if asked == "auto" and kept:
+        text += " (amp: auto; as the run began, kept on --resume)"
+    elif asked == "auto":
         faster = "faster" if resolved == "bf16" else "not faster"
         text += f" (amp: auto; bf16 {'measured ' if measured else 'is '}{faster} than fp32 on this {device.type})"
     return text
@@ -264,9 +269,9 @@ class TrainingSpeed:
         """The timings, e.g. ``"bf16 channels-last 232 ms, fp32 channels-last 425 ms a step"``; ``""`` if none."""
         if not self.timings:
             return ""
-        names = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
         parts = [
-            (f"{names[amp]} " if self.amp_measured else "") + f"{_layout_name(cl).replace('_', '-')} {s * 1e3:.0f} ms"
+            (f"{'fp32' if amp == 'none' else amp} " if self.amp_measured else "")
+            + f"{_layout_name(cl).replace('_', '-')} {s * 1e3:.0f} ms"
             for (amp, cl), s in sorted(self.timings.items(), key=lambda item: item[1])
         ]
         return ", ".join(parts) + " a step"

@@ -366,7 +366,8 @@ class Trainer(CheckpointedRun):
     def _speed_line(self) -> str:
         """What ``optim.amp``, ``run.channels_last``, ``run.compile`` and ``run.malloc`` came to, for the start line."""
         run = self.recipe.run
-        amp = precision_text(self.recipe.optim.amp, self.amp, self.device, measured=self.speed.amp_measured)
+        kept = self.amp != self.speed.amp  # resumed in the precision the run began in, not the one measured now
+        amp = precision_text(self.recipe.optim.amp, self.amp, self.device, measured=self.speed.amp_measured, kept=kept)
         layout = "channels-last" if self.channels_last else "contiguous"
         if self.speed.timings:
             layout += f" (measured: {self.speed.measured_text()})"
